@@ -1,0 +1,34 @@
+"""Types shared by the evaluator's array and folder interfaces."""
+
+import dataclasses
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+
+class VPQInputError(ValueError):
+  """Malformed ground truth or predictions; the message names file and segment."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Frame:
+  """One annotated frame of a video, with its prediction.
+
+  Attributes:
+    name: the image id, used in error messages.
+    gt: (H, W) integer segment ids or (H, W, 3) uint8 RGB-encoded ids
+      (id = R + 256 G + 65536 B); id 0 is void.
+    gt_segments: the ground-truth segment table, mappings with `id`,
+      `category_id` and optionally `iscrowd` (default 0).
+    pred: predicted segment ids in the same form and size as `gt`.
+    pred_segments: mappings with `id` and `category_id`.
+    gt_source: where `gt` came from (a file), for error messages.
+    pred_source: where `pred` came from, for error messages.
+  """
+  name: str
+  gt: np.ndarray
+  gt_segments: Sequence[Mapping[str, Any]]
+  pred: np.ndarray
+  pred_segments: Sequence[Mapping[str, Any]]
+  gt_source: str = ""
+  pred_source: str = ""
