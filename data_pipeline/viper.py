@@ -1,0 +1,36 @@
+"""VIPER in the reformatted video-panoptic layout of the VPSNet release.
+
+  ROOT/instances_train_05_viper_coco.json   COCO instances (RLE only), inst_id
+  ROOT/train/img/, ROOT/train/labelmap/      annotated frames, train ids
+  ROOT/viper_panoptic_val_day_video.json     VPQ ground truth, val "day"
+  ROOT/val_day/img/, ROOT/val_day/panoptic_video/
+
+Image names must start with a 4-digit video id and a 4-digit frame index
+(VVVV_FFFF_...), as in Cityscapes-VPS; anything else is reported, not
+guessed. 23 classes (metadata.VIPER): 13 stuff, 10 things.
+"""
+from data_pipeline import metadata
+from data_pipeline import vps_reader
+
+META = metadata.VIPER
+SPLITS = ('train', 'val_day')
+
+
+def layout(split: str) -> vps_reader.Layout:
+  """The layout of `split` ('train' or 'val_day')."""
+  if split == 'train':
+    return vps_reader.Layout(
+        split='train', images_dir='train/img',
+        instances_json='instances_train_05_viper_coco.json',
+        labelmap_dir='train/labelmap')
+  if split == 'val_day':
+    return vps_reader.Layout(
+        split='val_day', images_dir='val_day/img',
+        panoptic_json='viper_panoptic_val_day_video.json',
+        panoptic_dir='val_day/panoptic_video')
+  raise ValueError(f'VIPER split must be one of {SPLITS}, got {split!r}')
+
+
+def reader(root: str, split: str) -> vps_reader.VpsReader:
+  """A validated reader of `split` under the dataset folder `root`."""
+  return vps_reader.VpsReader(root, layout(split), META)
