@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from vpsnet_jax import losses
+from vpsnet_jax.modeling import assign
 from vpsnet_jax.ops import boxes as box_ops
 from vpsnet_jax.ops import nms as nms_ops
 
@@ -95,27 +96,10 @@ def assign_anchors(anchors: jnp.ndarray, anchor_valid: jnp.ndarray,
     labels: (K,) int32, 1 positive, 0 negative, -1 ignored.
     matched: (K,) int32 index of the assigned ground truth (0 if none).
   """
-  g = gt_boxes.shape[0]
-  iou = box_ops.pairwise_iou(gt_boxes, anchors, offset)  # (G, K)
-  # Padding ground truths overlap nothing (so an image without any is all
-  # negatives); invalid anchors get -1 and end up ignored.
-  iou = jnp.where(gt_valid[:, None], iou, 0.0)
-  iou = jnp.where(anchor_valid[None, :], iou, -1.0)
-  max_iou = jnp.max(iou, axis=0)
-  argmax = jnp.argmax(iou, axis=0).astype(jnp.int32)
-  labels = jnp.full(anchors.shape[:1], -1, jnp.int32)
-  labels = jnp.where((max_iou >= 0) & (max_iou < neg_iou), 0, labels)
-  labels = jnp.where(max_iou >= pos_iou, 1, labels)
-  matched = argmax
-  gt_max = jnp.max(iou, axis=1)  # (G,)
-  best = ((iou == gt_max[:, None]) & (gt_max[:, None] >= min_pos_iou) &
-          gt_valid[:, None])
-  has_best = jnp.any(best, axis=0)
-  last_gt = (g - 1 - jnp.argmax(best[::-1], axis=0)).astype(jnp.int32)
-  labels = jnp.where(has_best, 1, labels)
-  matched = jnp.where(has_best, last_gt, matched)
-  labels = jnp.where(anchor_valid, labels, -1)
-  return labels, jnp.where(labels == 1, matched, 0)
+  iou = box_ops.pairwise_iou(anchors, gt_boxes, offset)  # (K, G)
+  assigned = assign.max_iou_assign(iou, anchor_valid, gt_valid, pos_iou,
+                                   neg_iou, min_pos_iou)
+  return jnp.minimum(assigned, 1), jnp.maximum(assigned - 1, 0)
 
 
 def sample_anchors(key: jax.Array, labels: jnp.ndarray, num: int = 256,
@@ -133,22 +117,10 @@ def sample_anchors(key: jax.Array, labels: jnp.ndarray, num: int = 256,
   Returns:
     sampled_pos: (K,) bool; sampled_neg: (K,) bool.
   """
+  s = assign.sample(key, labels, num, pos_fraction)
   k = labels.shape[0]
-  num_pos = int(num * pos_fraction)
-  kp, kn = jax.random.split(key)
-
-  def pick(key, candidates, count):
-    noise = jax.random.uniform(key, (k,))
-    score = jnp.where(candidates, noise, -1.0)
-    top, idx = jax.lax.top_k(score, min(count, k))
-    return top >= 0, idx
-
-  pos_ok, pos_idx = pick(kp, labels == 1, num_pos)
-  n_pos = jnp.sum(pos_ok)
-  neg_ok, neg_idx = pick(kn, labels == 0, num)
-  neg_ok &= jnp.arange(neg_ok.shape[0]) < num - n_pos
-  sampled_pos = jnp.zeros((k,), bool).at[pos_idx].max(pos_ok)
-  sampled_neg = jnp.zeros((k,), bool).at[neg_idx].max(neg_ok)
+  sampled_pos = jnp.zeros((k,), bool).at[s.index].max(s.positive)
+  sampled_neg = jnp.zeros((k,), bool).at[s.index].max(s.valid & ~s.positive)
   return sampled_pos, sampled_neg
 
 
