@@ -1,0 +1,97 @@
+"""Import a torchvision Mask R-CNN (ResNet-FPN) state dict into `MaskRCNN`.
+
+Besides the parity tests, this lets users start from torchvision's
+COCO-trained `maskrcnn_resnet50_fpn` weights (the paper starts from a
+COCO-pretrained model). Names map as follows:
+
+  backbone.body.*                    -> backbone (see torchvision_import)
+  backbone.fpn.*                     -> fpn (see torchvision_import)
+  rpn.head.conv.0.0 / cls_logits / bbox_pred -> rpn_head/rpn_conv|cls|reg
+  roi_heads.box_head.fc6 / fc7       -> box_head/fc1, fc2 (fc6's input is
+                                        reordered from (C, 7, 7) to (7, 7, C))
+  roi_heads.box_predictor.cls_score / bbox_pred -> box_head/cls, reg
+  roi_heads.mask_head.{0..3}.0       -> mask_head/conv1..conv4
+  roi_heads.mask_predictor.conv5_mask -> mask_head/deconv (flipped kernel)
+  roi_heads.mask_predictor.mask_fcn_logits -> mask_head/logits
+"""
+
+from typing import Any, Dict, Mapping
+
+import numpy as np
+
+from vpsnet_jax.checkpoints import torchvision_import
+
+
+def _np(x) -> np.ndarray:
+  return torchvision_import._to_numpy(x)  # pylint: disable=protected-access
+
+
+def _conv(sd, key) -> Dict[str, np.ndarray]:
+  return {"kernel": _np(sd[key + ".weight"]).transpose(2, 3, 1, 0),
+          "bias": _np(sd[key + ".bias"])}
+
+
+def _dense(sd, key) -> Dict[str, np.ndarray]:
+  return {"kernel": _np(sd[key + ".weight"]).T, "bias": _np(sd[key + ".bias"])}
+
+
+def import_maskrcnn(state_dict: Mapping[str, Any],
+                    variables: Mapping[str, Any]) -> Dict[str, Any]:
+  """Flax variables of `detector.MaskRCNN` from a torchvision state dict.
+
+  Args:
+    state_dict: torchvision `MaskRCNN.state_dict()` (tensors or arrays).
+    variables: initialised variables of a `MaskRCNN` of the same shape
+      (for the backbone's structure and shape checks).
+
+  Returns:
+    {"params": ..., "batch_stats": ...} with every weight replaced.
+  """
+  backbone = torchvision_import.import_resnet(
+      state_dict, {"params": variables["params"]["backbone"],
+                   "batch_stats": variables["batch_stats"]["backbone"]},
+      "backbone.body.")
+  params = {"backbone": backbone.get("params", {})}
+  num_levels = len([k for k in variables["params"]["fpn"]
+                    if k.startswith("lateral_")])
+  params["fpn"] = torchvision_import.import_fpn(
+      state_dict, num_levels, "backbone.fpn.")["params"]
+  params["rpn_head"] = {
+      "rpn_conv": _conv(state_dict, "rpn.head.conv.0.0"),
+      "rpn_cls": _conv(state_dict, "rpn.head.cls_logits"),
+      "rpn_reg": _conv(state_dict, "rpn.head.bbox_pred")}
+  fc6 = _np(state_dict["roi_heads.box_head.fc6.weight"])
+  fc_dim, flat = fc6.shape
+  channels = flat // 49
+  fc6 = fc6.reshape(fc_dim, channels, 7, 7).transpose(2, 3, 1, 0)
+  params["box_head"] = {
+      "fc1": {"kernel": fc6.reshape(49 * channels, fc_dim),
+              "bias": _np(state_dict["roi_heads.box_head.fc6.bias"])},
+      "fc2": _dense(state_dict, "roi_heads.box_head.fc7"),
+      "cls": _dense(state_dict, "roi_heads.box_predictor.cls_score"),
+      "reg": _dense(state_dict, "roi_heads.box_predictor.bbox_pred")}
+  mask = {f"conv{i + 1}": _conv(state_dict, f"roi_heads.mask_head.{i}.0")
+          for i in range(4)}
+  deconv = _np(state_dict["roi_heads.mask_predictor.conv5_mask.weight"])
+  # torch ConvTranspose2d (in, out, kh, kw) -> flax (kh, kw, in, out),
+  # spatially flipped.
+  mask["deconv"] = {
+      "kernel": deconv.transpose(2, 3, 0, 1)[::-1, ::-1].copy(),
+      "bias": _np(state_dict["roi_heads.mask_predictor.conv5_mask.bias"])}
+  mask["logits"] = _conv(state_dict, "roi_heads.mask_predictor.mask_fcn_logits")
+  params["mask_head"] = mask
+
+  # Shape check against the model.
+  def check(ours, ref, path=""):
+    for k, v in ref.items():
+      if k not in ours:
+        raise KeyError(f"no torchvision weight for {path}/{k}")
+      if isinstance(v, Mapping):
+        check(ours[k], v, f"{path}/{k}")
+      elif tuple(np.shape(ours[k])) != tuple(np.shape(v)):
+        raise ValueError(f"{path}/{k}: torchvision shape "
+                         f"{np.shape(ours[k])} but the model has "
+                         f"{np.shape(v)}")
+  check(params, variables["params"])
+  return {"params": params,
+          "batch_stats": {"backbone": backbone.get("batch_stats", {})}}
