@@ -1,0 +1,247 @@
+"""VPSNet CPU benchmark: deformable conv vs torchvision and a plain conv.
+
+Usage: python benchmarks/vpsnet.py [--repeats 5] [--shape N,H,W,Cin,Cout]
+    [--skip_backward] [--skip_memory] [--skip_fuse]
+
+Shapes default to the semantic head's first deformable conv at P2 for a
+512x1024 image: N=1, 128x256, 256 -> 128 channels, 3x3, stride 1, pad 1.
+Ours, torchvision's and the plain conv run on the same inputs, interleaved
+(one of each per round) so that other load on the machine hits all of them;
+the table reports medians. The correlation and Fuse rows run on gathered
+features of Cin channels at HxW (the neck's P2 map). Peak memory is the growth of the peak resident
+set over the first call in a fresh process (VmHWM after resetting it, minus
+VmRSS before), inputs already built and JAX functions already compiled.
+
+The last line printed is `deform_conv_time_ratio_vs_torchvision=<x>`, our
+forward time over torchvision's.
+"""
+import argparse
+import os
+import subprocess
+import sys
+import time
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import jax  # pylint: disable=g-import-not-at-top
+import jax.numpy as jnp
+import numpy as np
+import torch
+import torchvision
+
+from vpsnet_jax.modeling.fuse import Fuse
+from vpsnet_jax.ops.correlation import correlation
+from vpsnet_jax.ops.deform_conv import deform_conv2d
+
+FUSE_ROW = "not available until the assembled VPSNet model lands (issue 6)"
+
+
+def make_inputs(n, h, w, cin, cout, seed=0):
+  rng = np.random.default_rng(seed)
+  x = rng.standard_normal((n, h, w, cin)).astype(np.float32)
+  offset = (2.0 * rng.standard_normal((n, h, w, 18))).astype(np.float32)
+  kernel = (0.05 * rng.standard_normal((3, 3, cin, cout))).astype(np.float32)
+  return x, offset, kernel
+
+
+def to_torch(x, offset, kernel):
+  return (torch.from_numpy(x).permute(0, 3, 1, 2).contiguous(),
+          torch.from_numpy(offset).permute(0, 3, 1, 2).contiguous(),
+          torch.from_numpy(kernel).permute(3, 2, 0, 1).contiguous())
+
+
+def plain_conv(x, kernel):
+  return jax.lax.conv_general_dilated(
+      x, kernel, (1, 1), ((1, 1), (1, 1)),
+      dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+def ours_fwd_bwd(x, offset, kernel):
+  return jax.grad(lambda a, b, c: jnp.sum(deform_conv2d(a, b, c)),
+                  argnums=(0, 1, 2))(x, offset, kernel)
+
+
+def build(x, offset, kernel, only=None):
+  """name -> (callable running once and blocking, compile seconds or None).
+
+  `only`: compile just this one of the JAX functions.
+  """
+  fns = {}
+  for name, fn, args in (
+      ("ours", deform_conv2d, (x, offset, kernel)),
+      ("plain", plain_conv, (x, kernel)),
+      ("ours_fwd_bwd", ours_fwd_bwd, (x, offset, kernel)),
+  ):
+    if only is not None and name != only:
+      continue
+    t0 = time.perf_counter()
+    compiled = jax.jit(fn).lower(*args).compile()
+    compile_s = time.perf_counter() - t0
+    fns[name] = (lambda c=compiled, a=args: jax.block_until_ready(c(*a)),
+                 compile_s)
+  xt, ot, kt = to_torch(x, offset, kernel)
+
+  def tv():
+    with torch.no_grad():
+      return torchvision.ops.deform_conv2d(xt, ot, kt, padding=1)
+
+  def tv_fwd_bwd():
+    a, b, c = [t.clone().requires_grad_(True) for t in (xt, ot, kt)]
+    torchvision.ops.deform_conv2d(a, b, c, padding=1).sum().backward()
+    return a.grad
+
+  fns["torchvision"] = (tv, None)
+  fns["torchvision_fwd_bwd"] = (tv_fwd_bwd, None)
+  return fns
+
+
+def time_video_parts(n, h, w, c, repeats):
+  """Compile and median forward time of the Fuse module and correlation.
+
+  Fuse (align + attend) on gathered features at P2 size with constant
+  weights (its cost does not depend on the weight values).
+  """
+  rng = np.random.default_rng(1)
+  target = rng.standard_normal((n, h, w, c)).astype(np.float32)
+  reference = rng.standard_normal((n, h, w, c)).astype(np.float32)
+  flow = rng.uniform(-2, 2, (n, h, w, 2)).astype(np.float32)
+  has_ref = np.ones((n,), bool)
+  model = Fuse()
+  shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), target,
+                          reference, flow, has_ref)
+  params = jax.tree_util.tree_map(
+      lambda s: np.full(s.shape, 0.01, np.float32), shapes)
+  rows = {}
+  for name, fn, args in (
+      ("correlation", correlation, (target, reference)),
+      ("fuse", model.apply, (params, target, reference, flow, has_ref)),
+  ):
+    t0 = time.perf_counter()
+    compiled = jax.jit(fn).lower(*args).compile()
+    compile_s = time.perf_counter() - t0
+    jax.block_until_ready(compiled(*args))
+    times = []
+    for _ in range(repeats):
+      t0 = time.perf_counter()
+      jax.block_until_ready(compiled(*args))
+      times.append(time.perf_counter() - t0)
+    rows[name] = (compile_s, float(np.median(times)), min(times))
+  return rows
+
+
+def _status_mb(field):
+  with open("/proc/self/status", encoding="ascii") as f:
+    for line in f:
+      if line.startswith(field + ":"):
+        return int(line.split()[1]) / 1024.0
+  raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def peak_mb(fn):
+  """Peak resident memory (MB) one call adds over the resident set before it.
+
+  Resets the kernel's high-water mark (VmHWM, via /proc/self/clear_refs) so
+  that earlier steps do not hide this call; Linux only.
+  """
+  try:
+    with open("/proc/self/clear_refs", "w", encoding="ascii") as f:
+      f.write("5")
+  except OSError:
+    return float("nan")
+  before = _status_mb("VmRSS")
+  fn()
+  return max(_status_mb("VmHWM") - before, 0.0)
+
+
+def peak_in_fresh_process(name, shape):
+  """`peak_mb` of the first call of `name` in a new process.
+
+  A fresh process, because allocators keep freed memory for reuse: a warm
+  call in this process would reuse it and show almost no growth.
+  """
+  cmd = [sys.executable, os.path.abspath(__file__), "--peak_of", name,
+         "--shape", ",".join(str(s) for s in shape)]
+  out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+  return float(out.stdout.strip().splitlines()[-1])
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--repeats", type=int, default=5)
+  parser.add_argument("--shape", default="1,128,256,256,128",
+                      help="N,H,W,Cin,Cout")
+  parser.add_argument("--skip_backward", action="store_true")
+  parser.add_argument("--skip_memory", action="store_true")
+  parser.add_argument("--skip_fuse", action="store_true",
+                      help="skip timing the Fuse module and correlation")
+  parser.add_argument("--peak_of", default=None,
+                      help="internal: print the first-call peak of one op")
+  args = parser.parse_args()
+  shape = tuple(int(s) for s in args.shape.split(","))
+  if args.peak_of:
+    fn = build(*make_inputs(*shape), only=args.peak_of)[args.peak_of][0]
+    print(peak_mb(fn))
+    return
+
+  n, h, w, cin, cout = shape
+  x, offset, kernel = make_inputs(*shape)
+  fns = build(x, offset, kernel)
+  names = ["ours", "torchvision", "plain"]
+  if not args.skip_backward:
+    names += ["ours_fwd_bwd", "torchvision_fwd_bwd"]
+  for name in names:  # Warm-up round.
+    fns[name][0]()
+  times = {name: [] for name in names}
+  for _ in range(args.repeats):
+    for name in names:
+      t0 = time.perf_counter()
+      fns[name][0]()
+      times[name].append(time.perf_counter() - t0)
+  med = {name: float(np.median(ts)) for name, ts in times.items()}
+  peaks = {}
+  if not args.skip_memory:
+    for name in names:
+      peaks[name] = peak_in_fresh_process(name, shape)
+
+  labels = {
+      "ours": "deform_conv2d (ours, XLA)",
+      "torchvision": "torchvision.ops.deform_conv2d",
+      "plain": "plain 3x3 conv (jax.lax.conv)",
+      "ours_fwd_bwd": "deform_conv2d fwd+bwd (ours)",
+      "torchvision_fwd_bwd": "torchvision fwd+bwd",
+  }
+  print(f"jax {jax.__version__} ({jax.default_backend()}), torch "
+        f"{torch.__version__} ({torch.get_num_threads()} threads), "
+        f"{os.cpu_count()} CPUs, load average "
+        f"{', '.join(f'{l:.2f}' for l in os.getloadavg())}")
+  print(f"N={n}, {h}x{w}, {cin}->{cout} channels, 3x3, stride 1, pad 1; "
+        f"median of {args.repeats} interleaved rounds")
+  print(f"{'op':<34}{'compile s':>10}{'median s':>10}{'min s':>9}"
+        f"{'peak MB':>9}")
+  for name in names:
+    compile_s = fns[name][1]
+    cs = f"{compile_s:.2f}" if compile_s is not None else "-"
+    pk = f"{peaks[name]:.0f}" if name in peaks else "-"
+    print(f"{labels[name]:<34}{cs:>10}{med[name]:>10.3f}"
+          f"{min(times[name]):>9.3f}{pk:>9}")
+  if not args.skip_fuse:
+    video = time_video_parts(n, h, w, cin, max(1, args.repeats // 2))
+    for name, label in (("correlation", "correlation (d=4, ours)"),
+                        ("fuse", "Fuse module (align + attend)")):
+      compile_s, median_s, min_s = video[name]
+      print(f"{label:<34}{compile_s:>10.2f}{median_s:>10.3f}{min_s:>9.3f}"
+            f"{'-':>9}")
+  ratio_tv = med["ours"] / med["torchvision"]
+  ratio_plain = med["ours"] / med["plain"]
+  print(f"ours / torchvision: {ratio_tv:.3f} (target <= 0.25)")
+  print(f"ours / plain conv: {ratio_plain:.2f} (target <= 3)")
+  if "ours_fwd_bwd" in med:
+    print(f"fwd+bwd ours / torchvision: "
+          f"{med['ours_fwd_bwd'] / med['torchvision_fwd_bwd']:.3f}")
+  print(f"fuse vs base extra inference time: {FUSE_ROW}")
+  print(f"deform_conv_time_ratio_vs_torchvision={ratio_tv:.4f}")
+
+
+if __name__ == "__main__":
+  main()
