@@ -66,10 +66,9 @@ def torch_mask_head_params(tv_heads, tv_pred):
         "kernel": sd[f"{i}.0.weight"].transpose(2, 3, 1, 0),
         "bias": sd[f"{i}.0.bias"]}
   sd = {n: p.detach().numpy() for n, p in tv_pred.state_dict().items()}
-  # torch ConvTranspose2d weight (in, out, kh, kw); flax's kernel is
-  # (kh, kw, in, out), spatially flipped.
+  # torch ConvTranspose2d weight (in, out, kh, kw) -> (kh, kw, in, out).
   params["deconv"] = {
-      "kernel": sd["conv5_mask.weight"].transpose(2, 3, 0, 1)[::-1, ::-1],
+      "kernel": sd["conv5_mask.weight"].transpose(2, 3, 0, 1),
       "bias": sd["conv5_mask.bias"]}
   params["logits"] = {
       "kernel": sd["mask_fcn_logits.weight"].transpose(2, 3, 1, 0),

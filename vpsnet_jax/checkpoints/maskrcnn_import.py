@@ -11,7 +11,7 @@ COCO-pretrained model). Names map as follows:
                                         reordered from (C, 7, 7) to (7, 7, C))
   roi_heads.box_predictor.cls_score / bbox_pred -> box_head/cls, reg
   roi_heads.mask_head.{0..3}.0       -> mask_head/conv1..conv4
-  roi_heads.mask_predictor.conv5_mask -> mask_head/deconv (flipped kernel)
+  roi_heads.mask_predictor.conv5_mask -> mask_head/deconv
   roi_heads.mask_predictor.mask_fcn_logits -> mask_head/logits
 """
 
@@ -73,10 +73,9 @@ def import_maskrcnn(state_dict: Mapping[str, Any],
   mask = {f"conv{i + 1}": _conv(state_dict, f"roi_heads.mask_head.{i}.0")
           for i in range(4)}
   deconv = _np(state_dict["roi_heads.mask_predictor.conv5_mask.weight"])
-  # torch ConvTranspose2d (in, out, kh, kw) -> flax (kh, kw, in, out),
-  # spatially flipped.
+  # torch ConvTranspose2d (in, out, kh, kw) -> `Upsample2x` (kh, kw, in, out).
   mask["deconv"] = {
-      "kernel": deconv.transpose(2, 3, 0, 1)[::-1, ::-1].copy(),
+      "kernel": deconv.transpose(2, 3, 0, 1),
       "bias": _np(state_dict["roi_heads.mask_predictor.conv5_mask.bias"])}
   mask["logits"] = _conv(state_dict, "roi_heads.mask_predictor.mask_fcn_logits")
   params["mask_head"] = mask

@@ -52,6 +52,31 @@ class BoxHead(nn.Module):
     return out + (x,) if return_embedding else out
 
 
+class Upsample2x(nn.Module):
+  """2x2 transposed convolution with stride 2 (no overlap), as one matmul.
+
+  out[n, 2i + a, 2j + b] = x[n, i, j] @ kernel[a, b] + bias; the kernel is
+  torchvision's ConvTranspose2d weight (in, out, a, b) moved to
+  (a, b, in, out). Written as an einsum because XLA's CPU gradient of a
+  strided transposed convolution is many times slower than a matmul.
+  """
+  features: int
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+    """x: (N, H, W, C) -> (N, 2H, 2W, features)."""
+    kernel = self.param(
+        "kernel", nn.initializers.variance_scaling(2.0, "fan_out", "normal"),
+        (2, 2, x.shape[-1], self.features), jnp.float32)
+    bias = self.param("bias", nn.initializers.zeros, (self.features,),
+                      jnp.float32)
+    n, h, w, _ = x.shape
+    y = jnp.einsum("nijc,abco->niajbo", x.astype(self.dtype),
+                   kernel.astype(self.dtype))
+    return y.reshape(n, 2 * h, 2 * w, self.features) + bias.astype(self.dtype)
+
+
 class MaskHead(nn.Module):
   """Four 3x3 convs, a 2x2 stride-2 deconvolution, per-class mask logits.
 
@@ -73,9 +98,7 @@ class MaskHead(nn.Module):
     for i in range(self.num_convs):
       x = nn.relu(nn.Conv(self.conv_dim, (3, 3), padding=1, dtype=self.dtype,
                           name=f"conv{i + 1}")(x))
-    x = nn.relu(nn.ConvTranspose(self.conv_dim, (2, 2), strides=(2, 2),
-                                 padding="VALID", dtype=self.dtype,
-                                 name="deconv")(x))
+    x = nn.relu(Upsample2x(self.conv_dim, dtype=self.dtype, name="deconv")(x))
     x = nn.Conv(self.num_classes, (1, 1), dtype=self.dtype, name="logits")(x)
     return x.astype(jnp.float32)
 
