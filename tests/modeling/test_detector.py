@@ -173,3 +173,25 @@ def test_overfits_a_few_synthetic_frames(model_and_params, loss_fn):
       union = (masks[i] | gt).sum((1, 2))
       ious.append((inter / np.maximum(union, 1)).max())
   assert np.mean(ious) > 0.6, ious
+
+
+def test_losses_under_pmap_match_single_device(model_and_params, loss_fn):
+  """One image per simulated device under pmap, against jit per image."""
+  _, variables, batch = model_and_params
+  n = batch["images"].shape[0]
+  assert jax.local_device_count() >= n
+  keys = jnp.stack([jax.random.PRNGKey(7 + i) for i in range(n)])
+  per_device = jax.tree.map(lambda x: x[:, None], batch)  # (n, 1, ...)
+  replicated = jax.device_put_replicated(
+      (variables["params"], variables["batch_stats"]),
+      jax.local_devices()[:n])
+  pmapped = jax.pmap(lambda p, s, b, k: loss_fn(p, s, b, k)[0][1],
+                     devices=jax.local_devices()[:n])
+  out = pmapped(*replicated, per_device, keys)
+  for i in range(n):
+    single = jax.tree.map(lambda x: x[i:i + 1], batch)
+    (_, ref), _ = loss_fn(variables["params"], variables["batch_stats"],
+                          single, keys[i])
+    for k in ref:
+      np.testing.assert_allclose(np.asarray(out[k])[i], ref[k], rtol=2e-4,
+                                 atol=1e-6)
