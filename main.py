@@ -3,11 +3,18 @@
   python main.py --config=configs/synthetic.py --workdir=DIR [--mode=example]
       [--config.field=value ...]
 
-Modes: `example` (today's main job: write the built-in synthetic dataset if
-needed, derive an imperfect example prediction from its validation ground
-truth and evaluate it with VPQ). `train`, `evaluate`, `train_and_evaluate`
-and `predict` arrive with the training (issue 7) and inference (issue 8)
-issues and fail with a clear message until then.
+Modes: `train` (resumes from the latest checkpoint in WORKDIR/checkpoints),
+`train_and_evaluate` (plus validation losses every eval_every_steps),
+`evaluate` (validation losses of the latest checkpoint; VPQ arrives with
+issue 8), `example` (write the built-in synthetic dataset if needed, derive
+an imperfect example prediction from its validation ground truth and
+evaluate it with VPQ). `predict` arrives with issue 8.
+
+Several processes (hosts): `jax.distributed.initialize()` runs automatically
+on SLURM (several tasks) and TPU pods, or explicitly with
+--coordinator_address=HOST:PORT --num_processes=N --process_id=I.
+The logic lives in `vpsnet_jax.train.train` (notebooks call the same
+functions).
 """
 
 import json
@@ -26,7 +33,29 @@ flags.DEFINE_string("workdir", None, "Directory for data, predictions, "
 flags.DEFINE_enum("mode", "example", ["example", "train", "evaluate",
                                       "train_and_evaluate", "predict"],
                   "What to run.")
+flags.DEFINE_string("coordinator_address", None, "host:port of process 0 "
+                    "for multi-process runs (jax.distributed.initialize).")
+flags.DEFINE_integer("num_processes", None, "Number of processes.")
+flags.DEFINE_integer("process_id", None, "This process's id, 0..N-1.")
 flags.mark_flags_as_required(["config", "workdir"])
+
+
+def init_distributed() -> None:
+  """jax.distributed.initialize() for explicit flags, SLURM or TPU pods."""
+  import jax  # pylint: disable=g-import-not-at-top
+  if FLAGS.coordinator_address or FLAGS.num_processes:
+    if None in (FLAGS.coordinator_address, FLAGS.num_processes,
+                FLAGS.process_id):
+      raise app.UsageError("--coordinator_address, --num_processes and "
+                           "--process_id go together")
+    jax.distributed.initialize(FLAGS.coordinator_address,
+                               FLAGS.num_processes, FLAGS.process_id)
+  elif (int(os.environ.get("SLURM_NTASKS", "1")) > 1 or
+        "," in os.environ.get("TPU_WORKER_HOSTNAMES", "")):
+    jax.distributed.initialize()
+  logging.info("process %d of %d, %d local / %d devices",
+               jax.process_index(), jax.process_count(),
+               jax.local_device_count(), jax.device_count())
 
 
 def run_example(config, workdir: str) -> dict:
@@ -78,8 +107,18 @@ def main(argv):
     raise NotImplementedError("--mode=predict arrives with issue 8 "
                               "(video inference).")
   else:
-    raise NotImplementedError(f"--mode={FLAGS.mode} arrives with issue 7 "
-                              "(training system).")
+    from vpsnet_jax.train import train  # pylint: disable=g-import-not-at-top
+    train.validate_config(FLAGS.config, check_devices=False)
+    init_distributed()
+    if FLAGS.mode == "evaluate":
+      print(json.dumps(train.evaluate_only(FLAGS.config, FLAGS.workdir),
+                       indent=2))
+    else:
+      result = train.train_and_evaluate(
+          FLAGS.config, FLAGS.workdir,
+          evaluate=FLAGS.mode == "train_and_evaluate")
+      print(json.dumps({"step": result["step"], "train": result["train"],
+                        "eval": result["eval"]}, indent=2))
 
 
 if __name__ == "__main__":

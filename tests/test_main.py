@@ -41,7 +41,7 @@ def test_main_rejects_unknown_config_field(tmp_path):
 def test_main_modes_of_later_issues_say_so(tmp_path):
   proc = subprocess.run(
       [sys.executable, "main.py", "--config=configs/synthetic.py",
-       f"--workdir={tmp_path}", "--mode=train"],
+       f"--workdir={tmp_path}", "--mode=predict"],
       cwd=ROOT, capture_output=True, text=True)
   assert proc.returncode != 0
-  assert "issue 7" in proc.stderr
+  assert "issue 8" in proc.stderr

@@ -1,0 +1,150 @@
+"""`python main.py --config=configs/synthetic.py --mode=train` end to end
+with the detector (`base`), tiny sizes via --config overrides: the losses
+fall, checkpoints and TensorBoard events are written; and the errors before
+any compile. (Validation in the loop is tested on the tiny task in
+test_loop.py: one more detector compile costs ~25 s here.)"""
+
+import glob
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from configs import default
+from configs import synthetic as synthetic_config
+from vpsnet_jax.train import tasks
+from vpsnet_jax.train import train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))))
+TINY = [
+    "--config.dataset.synthetic.height=64",
+    "--config.dataset.synthetic.width=128",
+    "--config.dataset.synthetic.num_train_videos=1",
+    "--config.dataset.synthetic.num_val_videos=1",
+    "--config.input.crop_size=(64,128)",
+    "--config.model.fpn_dim=32", "--config.model.box_fc_dim=64",
+    "--config.model.mask_conv_dim=16", "--config.model.rcnn_samples=32",
+    "--config.model.rpn_train_proposals=100",
+    "--config.model.rpn_test_proposals=50",
+    "--config.model.max_candidates=100",
+]
+
+
+def _scalars(workdir, tag):
+  from tensorboard.backend.event_processing import event_accumulator  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  acc = event_accumulator.EventAccumulator(
+      glob.glob(os.path.join(workdir, "events.out.tfevents.*"))[0],
+      size_guidance={"tensors": 0})
+  acc.Reload()
+  return {e.step: float(tf.make_ndarray(e.tensor_proto))
+          for e in acc.Tensors(tag)}
+
+
+def test_main_train_on_synthetic_losses_fall(tmp_path):
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
+             JAX_PLATFORMS="cpu")
+  proc = subprocess.run(
+      [sys.executable, "main.py", "--config=configs/synthetic.py",
+       f"--workdir={tmp_path}", "--mode=train", *TINY,
+       "--config.num_train_steps=14", "--config.log_every_steps=1",
+       "--config.checkpoint_every_steps=7", "--config.warmup_steps=5"],
+      cwd=ROOT, env=env, capture_output=True, text=True)
+  assert proc.returncode == 0, proc.stderr[-4000:]
+  out = json.loads(proc.stdout[proc.stdout.index("{"):])
+  assert out["step"] == 14 and not out["eval"]
+  assert set(out["train"]) == {
+      "loss", "loss_rpn_cls", "loss_rpn_bbox", "loss_cls", "loss_bbox",
+      "loss_mask", "grad_norm", "learning_rate"}
+  loss = _scalars(str(tmp_path), "loss")
+  assert sorted(loss) == list(range(1, 15))
+  first = np.mean([loss[s] for s in (1, 2, 3)])
+  last = np.mean([loss[s] for s in (12, 13, 14)])
+  assert last < 0.8 * first, loss
+  for tag in ("loss_mask", "loss_rpn_cls", "learning_rate", "grad_norm",
+              "images_per_sec", "steps_per_sec"):
+    assert _scalars(str(tmp_path), tag), tag
+  # lr 0.005 per 8 images, global batch 2 (2 devices x 1), warm-up from 1/3.
+  lr = _scalars(str(tmp_path), "learning_rate")
+  assert lr[1] == pytest.approx(0.02 * 2 / 8 / 3, rel=1e-5)
+  assert lr[14] == pytest.approx(0.02 * 2 / 8, rel=1e-5)
+  assert sorted(os.listdir(tmp_path / "checkpoints")) == ["14", "7"]
+  # Command-line overrides reached the model (the parameter overview lists
+  # the FPN's 1x1 lateral conv on ResNet-18's 64-channel stage at width 32
+  # and the mask head's 3x3 convs at width 16).
+  assert "(1, 1, 64, 32)" in proc.stderr
+  assert "(3, 3, 16, 16)" in proc.stderr
+
+
+def _config(**kw):
+  c = synthetic_config.get_config()
+  for k, v in kw.items():
+    parent = c
+    *path, last = k.split(".")
+    for p in path:
+      parent = parent[p]
+    parent[last] = v
+  return c
+
+
+@pytest.mark.parametrize("overrides,error,message", [
+    ({"variant": "nope"}, ValueError, "Unknown config.variant 'nope'"),
+    ({"variant": "fusetrack"}, NotImplementedError, "needs issue 6"),
+    ({"global_batch_size": 6}, ValueError,
+     "global_batch_size=6 is not divisible by the 4 devices"),
+    ({"parallel": "vmap"}, ValueError, "config.parallel must be one of"),
+    ({"dataset.name": "kitti"}, ValueError, "Unknown config.dataset.name"),
+])
+def test_bad_configs_fail_before_compiling(tmp_path, overrides, error,
+                                           message):
+  with pytest.raises(error, match=message):
+    train.train_and_evaluate(_config(**overrides), str(tmp_path))
+  assert not os.path.exists(tmp_path / "checkpoints")
+
+
+def test_unknown_config_field(tmp_path):
+  c = _config()
+  with c.unlocked():
+    c.model.no_such_field = 1
+  with pytest.raises(ValueError, match=r"model\.no_such_field"):
+    train.train_and_evaluate(c, str(tmp_path))
+
+
+@pytest.mark.parametrize("name,words", [
+    ("cityscapes_vps", "prepare_city_vps"),
+    ("viper", "playing-for-benchmarks"),
+])
+def test_missing_dataset_folder_explains_the_download(tmp_path, name, words):
+  c = _config(**{"dataset.name": name,
+                 "dataset.data_dir": str(tmp_path / "missing")})
+  with pytest.raises(ValueError, match=words) as e:
+    train.train_and_evaluate(c, str(tmp_path))
+  assert "not a " + name in str(e.value)
+  (tmp_path / "wrong").mkdir()
+  (tmp_path / "wrong" / "README").write_text("not a dataset")
+  c.dataset.data_dir = str(tmp_path / "wrong")
+  with pytest.raises(ValueError, match=words):
+    train.train_and_evaluate(c, str(tmp_path))
+
+
+def test_main_rejects_unknown_override_and_bad_variant(tmp_path):
+  proc = subprocess.run(
+      [sys.executable, "main.py", "--config=configs/synthetic.py",
+       f"--workdir={tmp_path}", "--mode=train", "--config.variant=fuse"],
+      cwd=ROOT, capture_output=True, text=True)
+  assert proc.returncode != 0
+  assert "needs issue 6" in proc.stderr
+
+
+def test_every_experiment_config_has_only_default_fields():
+  import importlib  # pylint: disable=g-import-not-at-top
+  for name in ("synthetic", "cityscapes_vps", "viper"):
+    c = importlib.import_module(f"configs.{name}").get_config()
+    assert not train._unknown_fields(c, default.get_config()), name  # pylint: disable=protected-access
+    assert c.variant in tasks.VARIANTS and c.parallel in train.PARALLEL
+    assert c.momentum == 0.9 and c.weight_decay == 1e-4
+    assert c.grad_clip_norm == 35.0 and c.warmup_steps in (50, 500)

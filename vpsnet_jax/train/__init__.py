@@ -1,0 +1,1 @@
+"""Training: tasks (model + loss), input, train state, parallel steps, loop."""
