@@ -12,20 +12,11 @@ splits. Steps are derived from the prepared training split's size.
 
 import ml_collections
 
-from configs import default
+from configs import cityscapes_vps
 
 
 def get_config() -> ml_collections.ConfigDict:
-  config = default.get_config()
+  # The paper trains both video datasets with the same settings.
+  config = cityscapes_vps.get_config()
   config.dataset.name = "viper"
-  config.variant = "fusetrack"
-  config.model.depth = 50
-  config.input.crop_size = (800, 1600)
-  config.input.scale_range = (0.8, 1.5)
-  config.input.ref_offsets = (-5, 5)
-  config.per_device_batch_size = 1
-  config.num_epochs = 12
-  config.lr_decay_epochs = (8, 11)
-  config.epoch_repeats = 8
-  config.checkpoint_every_steps = 1000
   return config
