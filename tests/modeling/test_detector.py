@@ -182,12 +182,11 @@ def test_losses_under_pmap_match_single_device(model_and_params, loss_fn):
   assert jax.local_device_count() >= n
   keys = jnp.stack([jax.random.PRNGKey(7 + i) for i in range(n)])
   per_device = jax.tree.map(lambda x: x[:, None], batch)  # (n, 1, ...)
-  replicated = jax.device_put_replicated(
-      (variables["params"], variables["batch_stats"]),
-      jax.local_devices()[:n])
   pmapped = jax.pmap(lambda p, s, b, k: loss_fn(p, s, b, k)[0][1],
+                     in_axes=(None, None, 0, 0),
                      devices=jax.local_devices()[:n])
-  out = pmapped(*replicated, per_device, keys)
+  out = pmapped(variables["params"], variables["batch_stats"], per_device,
+                keys)
   for i in range(n):
     single = jax.tree.map(lambda x: x[i:i + 1], batch)
     (_, ref), _ = loss_fn(variables["params"], variables["batch_stats"],
