@@ -61,6 +61,7 @@ from PIL import Image
 from pycocotools import mask as mask_util
 import tqdm
 
+from data_pipeline import cityscapes_vps
 from data_pipeline import metadata
 from data_pipeline import vps_reader
 
@@ -644,18 +645,12 @@ def write_dataset(out_dir: str, num_videos: int = 4, num_val_videos=None,
 def layout(split: str) -> vps_reader.Layout:
   """Reader layout of a written split: all frames, Cityscapes-VPS labels
   (train from instances + label maps, val from the panoptic ground truth)."""
-  if split == 'train':
-    return vps_reader.Layout(
-        split='train', images_dir='train/img', all_images_dir='train/img_all',
-        all_images_json='im_all_info_train_city_vps.json',
-        instances_json='instances_train_city_vps_rle.json',
-        labelmap_dir='train/labelmap')
+  if split == 'train':  # Cityscapes-VPS's, plus all frames (references).
+    return dataclasses.replace(
+        cityscapes_vps.layout('train'), all_images_dir='train/img_all',
+        all_images_json='im_all_info_train_city_vps.json')
   if split == 'val':
-    return vps_reader.Layout(
-        split='val', images_dir='val/img', all_images_dir='val/img_all',
-        all_images_json='im_all_info_val_city_vps.json',
-        panoptic_json='panoptic_gt_val_city_vps.json',
-        panoptic_dir='val/panoptic_video')
+    return cityscapes_vps.layout('val')
   raise ValueError(f'vps_synthetic split must be one of {SPLITS}, got '
                    f'{split!r}')
 
