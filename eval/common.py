@@ -6,6 +6,19 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 
+def rgb_to_ids(rgb: np.ndarray) -> np.ndarray:
+  """(H, W, 3) uint8 RGB-encoded ids -> (H, W) int64, id = R + 256 G + 65536 B."""
+  rgb = rgb.astype(np.int64)
+  return rgb[..., 0] + 256 * rgb[..., 1] + 65536 * rgb[..., 2]
+
+
+def ids_to_rgb(ids: np.ndarray) -> np.ndarray:
+  """(H, W) ids (< 2^24) -> (H, W, 3) uint8, the inverse of `rgb_to_ids`."""
+  ids = np.asarray(ids, np.int64)
+  return np.stack([ids % 256, ids // 256 % 256, ids // 65536],
+                  axis=-1).astype(np.uint8)
+
+
 class VPQInputError(ValueError):
   """Malformed ground truth or predictions; the message names file and segment."""
 

@@ -16,12 +16,8 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from eval import common
 from eval import layout
-
-
-def _encode(ids: np.ndarray) -> np.ndarray:
-  return np.stack([ids % 256, ids // 256 % 256, ids // 65536],
-                  axis=-1).astype(np.uint8)
 
 
 def write_example_predictions(gt_json: str, gt_dir: str, out_dir: str,
@@ -60,7 +56,7 @@ def write_example_predictions(gt_json: str, gt_dir: str, out_dir: str,
     renamed = {}  # gt id -> current predicted id in this video
     for ann in sorted(by_video[video], key=lambda a: str(a["image_id"])):
       rgb = layout.read_id_png(os.path.join(gt_dir, ann["file_name"]))
-      ids = rgb.astype(np.int64) @ np.array([1, 256, 65536])
+      ids = common.rgb_to_ids(rgb)
       out = ids.copy()
       segments = []
       for seg in ann["segments_info"]:
@@ -81,7 +77,7 @@ def write_example_predictions(gt_json: str, gt_dir: str, out_dir: str,
         if kept.any():
           segments.append({"id": pid, "category_id": seg["category_id"]})
       name = str(ann["image_id"])
-      Image.fromarray(_encode(out)).save(
+      Image.fromarray(common.ids_to_rgb(out)).save(
           os.path.join(out_dir, "pan_pred", name + ".png"))
       annotations.append({"image_id": name, "segments_info": segments})
   with open(os.path.join(out_dir, "pred.json"), "w") as f:

@@ -29,6 +29,7 @@ import tqdm
 
 from eval import confusion as confusion_lib
 from eval import layout
+from eval import common
 from eval import matching
 from eval.common import Frame, VPQInputError  # pylint: disable=unused-import
 
@@ -123,13 +124,6 @@ class _VideoEvaluator:
           f"{frame.pred.shape[:2]} but ground truth {frame.gt_source} is "
           f"{frame.gt.shape[:2]} (H, W)")
 
-  @staticmethod
-  def _decode(arr: np.ndarray) -> np.ndarray:
-    if arr.ndim == 3:
-      arr = arr.astype(np.int64)
-      return arr[..., 0] + 256 * arr[..., 1] + 65536 * arr[..., 2]
-    return arr
-
   def _check_frame(self, frame, counts, unknown, gt_ids, pred_ids,
                    gt_present, pred_present):
     """Segments in the PNG but not in the frame's table, or the reverse."""
@@ -140,7 +134,8 @@ class _VideoEvaluator:
       what = "prediction" if pred else "ground truth"
       extra = ids[(area > 0) & ~present]
       if n_unknown:
-        pixels = self._decode(frame.pred if pred else frame.gt)
+        pixels = frame.pred if pred else frame.gt
+        pixels = common.rgb_to_ids(pixels) if pixels.ndim == 3 else pixels
         extra = np.setdiff1d(np.unique(pixels), np.append(ids, 0))
       if len(extra):
         raise VPQInputError(

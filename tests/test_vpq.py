@@ -376,3 +376,12 @@ def test_folder_error_names_png_file(tmp_path):
   with pytest.raises(vpq.VPQInputError,
                      match=r"pan_pred/0001_1.png: prediction segment id 90"):
     vpq.evaluate_folder(*paths)
+
+
+def test_rgb_id_encoding_round_trip():
+  from eval import common  # pylint: disable=g-import-not-at-top
+  ids = np.array([[0, 1, 255], [256, 65536, (1 << 24) - 1]])
+  rgb = common.ids_to_rgb(ids)
+  assert rgb.dtype == np.uint8
+  np.testing.assert_array_equal(rgb[1, 0], [0, 1, 0])
+  np.testing.assert_array_equal(common.rgb_to_ids(rgb), ids)

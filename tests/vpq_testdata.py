@@ -11,6 +11,7 @@ predicted void.
 import numpy as np
 
 from eval.common import Frame
+from eval.common import ids_to_rgb as to_rgb  # pylint: disable=unused-import
 
 CATEGORIES = [
     {"id": 0, "name": "road", "isthing": 0},
@@ -151,11 +152,6 @@ def random_video(rng, num_frames=6, height=24, width=32, num_objects=6,
   return frames
 
 
-def to_rgb(ids: np.ndarray) -> np.ndarray:
-  """(H, W) ids -> (H, W, 3) uint8, id = R + 256 G + 65536 B."""
-  ids = np.asarray(ids, np.int64)
-  return np.stack([ids % 256, ids // 256 % 256, ids // 65536],
-                  axis=-1).astype(np.uint8)
 
 
 def as_tuples(video):
