@@ -158,7 +158,9 @@ class MaskRCNN(nn.Module):
     Returns:
       losses: {"loss_rpn_cls", "loss_rpn_bbox", "loss_cls", "loss_bbox",
         "loss_mask"} float32 scalars.
-      aux: {"rcnn_targets": RcnnTargets stacked over images, "feats": ...}.
+      aux: {"rcnn_targets": RcnnTargets stacked over images, "feats": the
+        FPN levels used, "box_feats": (N, S, 7, 7, C) RoI features of the
+        sampled RoIs (VPSNet's track head reuses them)}.
     """
     cfg = self.cfg
     if feats is None:
@@ -208,7 +210,7 @@ class MaskRCNN(nn.Module):
         mask_logits, t.labels[:, :p].reshape(-1),
         mask_t.reshape((n * p,) + mask_t.shape[2:]),
         t.positive[:, :p].reshape(-1))
-    return out, {"rcnn_targets": t, "feats": feats}
+    return out, {"rcnn_targets": t, "feats": feats, "box_feats": box_feats}
 
   # ----------------------------------------------------------- inference
 

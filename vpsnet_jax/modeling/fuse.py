@@ -140,10 +140,13 @@ class Fuse(nn.Module):
     max_displacement: correlation search radius of the flow refinement.
     use_align: False for the "attend" variant (fusion without alignment:
       the reference goes to attend unwarped).
+    use_attend: False for the "align" variant (fusion without attention:
+      the mean of the target and the aligned reference).
     dtype: compute dtype; params stay float32.
   """
   max_displacement: int = 4
   use_align: bool = True
+  use_attend: bool = True
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -167,5 +170,8 @@ class Fuse(nn.Module):
     if self.use_align:
       reference, _ = Align(self.max_displacement, self.dtype,
                            name="align")(target, reference, flow)
-    frames = jnp.stack([target, reference.astype(target.dtype)], axis=1)
+    reference = reference.astype(target.dtype)
+    if not self.use_attend:
+      return (target + reference) * 0.5
+    frames = jnp.stack([target, reference], axis=1)
     return Attend(center=0, dtype=self.dtype, name="attend")(frames)

@@ -5,13 +5,16 @@ logits) and one per instance: the semantic logit of the instance's class
 inside its box plus its mask logit pasted into the box, both zero outside
 the box (as the release does). Instances are the ground-truth boxes in
 training and the detections at inference; instance channels are padded to a
-fixed maximum with a validity mask, and padded channels never win.
+fixed maximum with a validity mask, and padded channels never win. At
+inference `panoptic_inference` adds the release's mask removal and takes the
+argmax without materialising every channel.
 
 Everything is a pure function of arrays; the head has no parameters.
 """
 
 from typing import Sequence, Tuple
 
+import jax
 import jax.numpy as jnp
 
 from vpsnet_jax import losses
@@ -110,3 +113,69 @@ def panoptic_loss(logits: jnp.ndarray, target: jnp.ndarray) -> jnp.ndarray:
   keep = target != IGNORE
   return losses.softmax_cross_entropy(
       logits, jnp.where(keep, target, 0), keep, jnp.sum(keep))
+
+
+def panoptic_inference(semantic_logits: jnp.ndarray, mask_logits: jnp.ndarray,
+                       boxes: jnp.ndarray, classes: jnp.ndarray,
+                       valid: jnp.ndarray, stuff_channels: Sequence[int],
+                       thing_channels: Sequence[int],
+                       overlap_threshold: float = 0.3
+                      ) -> Tuple[jnp.ndarray, jnp.ndarray]:
+  """UPSNet's mask removal and panoptic argmax of one image (inference).
+
+  Detections are visited in the given order (decreasing score). Each mask's
+  logits are pasted into its integer box at the logits' resolution; the
+  mask (logit > 0) is dropped when it is empty or more than
+  `overlap_threshold` of it is covered by kept masks of the same class
+  (the release's `MaskRemoval`). The panoptic logits are those of
+  `panoptic_logits` (stuff channels, then one channel per kept detection:
+  semantic logit of its class plus mask logit inside the box, 0 outside);
+  their argmax is computed as a running maximum over detections, so memory
+  is O(H * W) rather than O(D * H * W).
+
+  Args:
+    semantic_logits: (H, W, K) semantic logits at image resolution.
+    mask_logits: (D, M, M) each detection's mask logits (of its class).
+    boxes: (D, 4) float32 detection boxes in image pixels.
+    classes: (D,) int32 0-based thing classes.
+    valid: (D,) bool.
+    stuff_channels, thing_channels: as in `panoptic_logits`.
+    overlap_threshold: the mask removal's covered fraction (0.3).
+
+  Returns:
+    panoptic: (H, W) int32; s < S is stuff channel s, S + d is detection d.
+    keep: (D,) bool, detections that survived mask removal.
+  """
+  h, w = semantic_logits.shape[:2]
+  s = len(stuff_channels)
+  logits = semantic_logits.astype(jnp.float32)
+  stuff = logits[..., jnp.asarray(stuff_channels, jnp.int32)]
+  best = jnp.max(stuff, axis=-1)
+  arg = jnp.argmax(stuff, axis=-1).astype(jnp.int32)
+  things = jnp.asarray(thing_channels, jnp.int32)
+  occupied = jnp.zeros((len(thing_channels), h, w), bool)
+
+  def step(carry, inputs):
+    best, arg, occupied = carry
+    mask, box, cls, ok, index = inputs
+    pasted = mask_ops.paste_masks(mask[None].astype(jnp.float32), box[None],
+                                  (h, w))[0]
+    inside = box_mask(box[None], (h, w))[0]
+    binary = (pasted > 0) & inside
+    area = jnp.sum(binary)
+    covered = jnp.sum(binary & occupied[cls])
+    keep = ok & (area > 0) & (covered <= overlap_threshold * area)
+    occupied = occupied.at[cls].set(occupied[cls] | (binary & keep))
+    inst = jnp.where(inside, jnp.take(logits, things[cls], axis=-1) + pasted,
+                     0.0)
+    better = keep & (inst > best)
+    best = jnp.where(better, inst, best)
+    arg = jnp.where(better, s + index, arg)
+    return (best, arg, occupied), keep
+
+  d = boxes.shape[0]
+  (_, arg, _), keep = jax.lax.scan(
+      step, (best, arg, occupied),
+      (mask_logits, boxes, classes.astype(jnp.int32), valid,
+       jnp.arange(d, dtype=jnp.int32)))
+  return arg, keep

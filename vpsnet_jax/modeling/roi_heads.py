@@ -42,11 +42,17 @@ class BoxHead(nn.Module):
 
     With `return_embedding`, also the (R, fc_dim) output of the FC layers.
     """
+    # mmdetection v1 initialisation: shared FCs Xavier-uniform, classifier
+    # N(0, 0.01), regressor N(0, 0.001), zero biases.
+    dense = lambda f, init, name: nn.Dense(f, dtype=self.dtype,
+                                           kernel_init=init, name=name)
+    xavier = nn.initializers.xavier_uniform()
     x = roi_features.reshape(roi_features.shape[0], -1).astype(self.dtype)
-    x = nn.relu(nn.Dense(self.fc_dim, dtype=self.dtype, name="fc1")(x))
-    x = nn.relu(nn.Dense(self.fc_dim, dtype=self.dtype, name="fc2")(x))
-    logits = nn.Dense(self.num_classes, dtype=self.dtype, name="cls")(x)
-    deltas = nn.Dense(4 * self.num_classes, dtype=self.dtype, name="reg")(x)
+    x = nn.relu(dense(self.fc_dim, xavier, "fc1")(x))
+    x = nn.relu(dense(self.fc_dim, xavier, "fc2")(x))
+    logits = dense(self.num_classes, nn.initializers.normal(0.01), "cls")(x)
+    deltas = dense(4 * self.num_classes, nn.initializers.normal(0.001),
+                   "reg")(x)
     out = (logits.astype(jnp.float32),
            deltas.reshape(-1, self.num_classes, 4).astype(jnp.float32))
     return out + (x,) if return_embedding else out
@@ -94,12 +100,16 @@ class MaskHead(nn.Module):
   @nn.compact
   def __call__(self, roi_features: jnp.ndarray) -> jnp.ndarray:
     """roi_features: (R, 14, 14, C) -> mask logits (R, 28, 28, K) float32."""
+    # mmdetection v1 initialisation: Kaiming normal (fan_out, ReLU) for
+    # every conv, the deconvolution and the logits, zero biases.
+    kaiming = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
     x = roi_features.astype(self.dtype)
     for i in range(self.num_convs):
       x = nn.relu(nn.Conv(self.conv_dim, (3, 3), padding=1, dtype=self.dtype,
-                          name=f"conv{i + 1}")(x))
+                          kernel_init=kaiming, name=f"conv{i + 1}")(x))
     x = nn.relu(Upsample2x(self.conv_dim, dtype=self.dtype, name="deconv")(x))
-    x = nn.Conv(self.num_classes, (1, 1), dtype=self.dtype, name="logits")(x)
+    x = nn.Conv(self.num_classes, (1, 1), dtype=self.dtype,
+                kernel_init=kaiming, name="logits")(x)
     return x.astype(jnp.float32)
 
 
@@ -238,12 +248,14 @@ def detect(logits: jnp.ndarray, deltas: jnp.ndarray, rois: jnp.ndarray,
            roi_valid: jnp.ndarray, image_size: Tuple[int, int],
            score_threshold: float = 0.05, nms_iou: float = 0.5,
            max_detections: int = 100, max_candidates: Optional[int] = None,
-           stds: Sequence[float] = BOX_STDS,
-           offset: float = 1.0) -> Detections:
+           stds: Sequence[float] = BOX_STDS, offset: float = 1.0,
+           class_agnostic: bool = False) -> Detections:
   """Boxes, scores and classes from the box head (mmdet v1 multiclass NMS).
 
   Every (RoI, class) pair above the score threshold is a candidate, with its
-  class-specific box; per-class NMS keeps the best `max_detections`.
+  class-specific box; per-class NMS keeps the best `max_detections`. With
+  `class_agnostic`, one NMS over all candidates instead (UPSNet's
+  `MaskROI` for the panoptic head: threshold 0.6, NMS 0.5).
 
   Args:
     logits: (R, K) float32 box head logits.
@@ -258,6 +270,7 @@ def detect(logits: jnp.ndarray, deltas: jnp.ndarray, rois: jnp.ndarray,
       (bounds the cost for many classes; None keeps all R * C).
     stds: regression normalisation.
     offset: box convention.
+    class_agnostic: NMS across classes.
 
   Returns:
     `Detections`.
@@ -274,9 +287,9 @@ def detect(logits: jnp.ndarray, deltas: jnp.ndarray, rois: jnp.ndarray,
     _, top = jax.lax.top_k(jnp.where(valid, scores, -1.0), max_candidates)
     boxes, scores, classes, valid = (boxes[top], scores[top], classes[top],
                                      valid[top])
-  keep, keep_valid = nms_ops.batched_nms(boxes, scores, classes, nms_iou,
-                                         max_detections, valid=valid,
-                                         offset=offset)
+  keep, keep_valid = nms_ops.nms(
+      boxes, scores, nms_iou, max_detections, valid=valid,
+      classes=None if class_agnostic else classes, offset=offset)
   return Detections(jnp.where(keep_valid[:, None], boxes[keep], 0.0),
                     jnp.where(keep_valid, scores[keep], 0.0),
                     jnp.where(keep_valid, classes[keep], 0), keep_valid)

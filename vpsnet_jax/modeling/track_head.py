@@ -23,9 +23,13 @@ class TrackHead(nn.Module):
 
   @nn.compact
   def __call__(self, roi_features: jnp.ndarray) -> jnp.ndarray:
+    # MaskTrack R-CNN / the release: N(0, 0.01) weights, zero biases.
+    init = nn.initializers.normal(0.01)
     x = roi_features.reshape(roi_features.shape[:-3] + (-1,))
-    x = nn.relu(nn.Dense(self.hidden, dtype=self.dtype, name="fc1")(x))
-    x = nn.Dense(self.hidden, dtype=self.dtype, name="fc2")(x)
+    x = nn.relu(nn.Dense(self.hidden, dtype=self.dtype, kernel_init=init,
+                         name="fc1")(x))
+    x = nn.Dense(self.hidden, dtype=self.dtype, kernel_init=init,
+                 name="fc2")(x)
     return x.astype(jnp.float32)
 
 
