@@ -14,15 +14,17 @@ import ml_collections
 def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.seed = 0
-  # VPSNet variant: `base` (image-level Mask R-CNN + heads; today the
-  # detector only), `fuse`, `track`, `fusetrack` (need issue 6's model).
-  config.variant = "base"
+  # VPSNet variant (vpsnet_jax.modeling.vpsnet.VARIANTS): `base` (the
+  # image-level model), `align`, `attend`, `fuse` (pixel-level fusion),
+  # `track` (object-level tracking), `fusetrack` (the full VPSNet).
+  config.variant = "fusetrack"
   # A checkpoint of an earlier stage (an orbax step folder) or a torchvision
   # ResNet state-dict file (`.pth`) with ImageNet weights; empty: random init.
   config.init_from = ""
 
   config.dataset = ml_collections.ConfigDict()
-  # One of `vps_synthetic`, `cityscapes_vps`, `viper`.
+  # One of `vps_synthetic`, `cityscapes_vps`, `viper`, `cityscapes` (the
+  # image-level Cityscapes of configs/cityscapes.py).
   config.dataset.name = "vps_synthetic"
   # The folder in the Cityscapes-VPS layout. Empty: WORKDIR/data.
   config.dataset.data_dir = ""
@@ -43,6 +45,11 @@ def get_config() -> ml_collections.ConfigDict:
   config.input.ref_offsets = (-5, 5)
   config.input.max_instances = 50
   config.input.size_divisor = 32
+  # Initial optical flow (target -> reference) for the variants that fuse
+  # and for the `iou_match` tracker: `dis` (OpenCV DIS, standing in for the
+  # paper's FlowNet2) or `ground_truth` (vps_synthetic only: its exact
+  # motion).
+  config.input.flow = "dis"
   # Validation batches per evaluation (0: the whole validation split).
   config.input.num_eval_batches = 0
 
@@ -62,6 +69,23 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.max_candidates = 2000
   # Compute dtype (`float32` or `bfloat16`); parameters stay float32.
   config.model.dtype = "float32"
+  # UPSNet semantic head: deformable-conv widths and GroupNorm groups.
+  config.model.semantic_features = (128, 128, 128)
+  config.model.semantic_groups = 32
+  # Loss weights of the panoptic and track heads (the release's 0.5; the
+  # paper says 1.0 for both).
+  config.model.panoptic_weight = 0.5
+  config.model.track_weight = 0.5
+  config.model.track_dim = 1024
+  # Track affinity: dot product (release) or cosine similarity (paper).
+  config.model.track_cosine = False
+  # Panoptic detections at inference (UPSNet MaskROI): class probability
+  # above this after class-agnostic NMS at `panoptic_nms`, at most
+  # `max_detections`; mask removal drops masks more than
+  # `mask_overlap_threshold` covered by better masks of their class.
+  config.model.panoptic_score_threshold = 0.6
+  config.model.panoptic_nms = 0.5
+  config.model.mask_overlap_threshold = 0.3
 
   # Optimisation (the paper / release): SGD momentum 0.9, lr 0.005 per 8
   # images scaled linearly with the global batch, weight decay 1e-4, linear
@@ -76,6 +100,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.lr_decay_epochs = (8, 11)
   config.epoch_repeats = 1
   config.per_device_batch_size = 1
+  # `sgd` (the paper's: momentum, weight decay added to the gradient) or
+  # `adamw` (decoupled weight decay; faster from scratch on small budgets).
+  config.optimizer = "sgd"
   # 0: per_device_batch_size * device count. Otherwise the global batch,
   # which must be divisible by the device count (and then defines the
   # per-device batch).
@@ -107,6 +134,40 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval = ml_collections.ConfigDict()
   config.eval.ks = (0, 5, 10, 15)
   config.eval.stride = 5  # Annotation stride lambda, in raw frames.
+
+  # Online inference (vpsnet_jax.inference): `track_head` (VPSNet's
+  # tracker), the paper's baselines `cls_sort` (ids from class-probability
+  # order) and `iou_match` (flow-warped mask IoU, greedy), or `none` (new
+  # ids every frame, as Base / Fuse in the paper's Table 4).
+  config.tracker = "track_head"
+  config.tracking = ml_collections.ConfigDict()
+  # Match score of a detection with [new, object 1..m] (track_head):
+  # affinity_weight * log_softmax(affinity) + score_weight * log(class
+  # probability) + iou_weight * box IoU + class_weight * same class
+  # (+ mask_iou_weight * IoU of the flow-warped masks, the paper's extra
+  # cue; 0 turns it off). The release file sets affinity_weight = 0 (its
+  # affinity term is commented out); MaskTrack and the issue use 1.
+  config.tracking.affinity_weight = 1.0
+  config.tracking.score_weight = 1.0
+  config.tracking.iou_weight = 2.0
+  config.tracking.class_weight = 10.0
+  config.tracking.mask_iou_weight = 0.0
+  # iou_match: smallest IoU of a flow-warped previous mask to keep its id.
+  config.tracking.iou_match_threshold = 0.5
+
+  config.inference = ml_collections.ConfigDict()
+  # Stuff segments smaller than this (pixels) become void (2048 at
+  # Cityscapes' 1024x2048).
+  config.inference.stuff_area_limit = 2048
+  # Write every frame's prediction, not only the annotated frames'.
+  config.inference.write_all_frames = False
+
+  # --mode=predict: a folder of ordered frames (a user's own video).
+  config.predict = ml_collections.ConfigDict()
+  config.predict.frames_dir = ""
+  # Empty: WORKDIR/predict.
+  config.predict.output_dir = ""
+  config.predict.fps = 5.0
 
   # --mode=example: an imperfect prediction derived from the ground truth.
   config.example = ml_collections.ConfigDict()

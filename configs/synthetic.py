@@ -20,10 +20,14 @@ def get_config() -> ml_collections.ConfigDict:
   config.dataset.synthetic.height = 128
   config.dataset.synthetic.width = 256
 
+  config.variant = "fusetrack"
   config.input.crop_size = (128, 256)
   config.input.scale_range = (0.9, 1.1)
   config.input.max_instances = 16
   config.input.num_eval_batches = 4
+  # The generator knows every pixel's motion: a perfect stand-in for the
+  # paper's FlowNet2 (use "dis" to see the effect of estimated flow).
+  config.input.flow = "ground_truth"
 
   config.model.depth = 18
   config.model.fpn_dim = 64
@@ -36,6 +40,11 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.rcnn_samples = 64
   config.model.max_detections = 20
   config.model.max_candidates = 300
+  config.model.semantic_features = (64, 64, 64)
+  config.model.semantic_groups = 16
+  config.model.track_dim = 256
+  # 2048 pixels at 1024x2048 is 32 at 128x256.
+  config.inference.stuff_area_limit = 32
 
   config.num_train_steps = 300
   config.base_learning_rate = 0.02

@@ -1,36 +1,36 @@
-"""What the training loop trains: a small `Task` interface and its models.
+"""What the training loop trains: a small `Task` interface and VPSNet's task.
 
 A `Task` bundles the model side of training:
   init(key) -> {"params": ..., "batch_stats": ...}   (host-side shapes known
       from the config; `batch_stats` are frozen statistics, never trained)
   loss_fn(params, batch_stats, batch, key) -> (total loss scalar,
-      {name: scalar} loss terms), pure, for ONE device's batch, whose arrays
+      {name: scalar} metrics), pure, for ONE device's batch, whose arrays
       are [per_device_batch, ...] (keys of `data_pipeline.transforms.
-      train_example`)
+      train_example`); metrics hold every loss term ("loss_*") and may hold
+      other scalars (e.g. "track_accuracy")
   trainable(params) -> pytree of bools over params (False: frozen)
+  eval_fn (optional) (params, batch_stats, batch, key) -> (metrics averaged
+      over devices and batches, counts summed over them), for validation
+  summarize (optional) counts -> {name: scalar} (e.g. mIoU from a summed
+      confusion matrix)
 
-`create_task(config, meta)` builds the task of `config.variant`. Today the
-`base` variant is the Mask R-CNN detector (issue 4); the VPSNet variants
-with their semantic, panoptic and track heads need issue 6's model.
+`create_task(config, meta)` builds VPSNet (`vpsnet_jax.modeling.vpsnet`) of
+`config.variant` for the dataset `meta`.
 """
 
 import dataclasses
-from typing import Any, Callable, Dict, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from vpsnet_jax.modeling import backbone as backbone_lib
-from vpsnet_jax.modeling import detector
+from vpsnet_jax.modeling import vpsnet
 
-# Variant -> None when available, else the reason it is not.
-VARIANTS = {
-    "base": None,
-    "fuse": "needs issue 6's VPSNet model (Fuse module)",
-    "track": "needs issue 6's VPSNet model (track head)",
-    "fusetrack": "needs issue 6's VPSNet model (Fuse module and track head)",
-}
+VARIANTS = tuple(vpsnet.VARIANTS)
+VARIANT_SPECS = vpsnet.VARIANTS
+IGNORE = 255
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,30 +38,17 @@ class Task:
   init: Callable[[jnp.ndarray], Dict[str, Any]]
   loss_fn: Callable[..., Tuple[jnp.ndarray, Dict[str, jnp.ndarray]]]
   trainable: Callable[[Any], Any]
+  eval_fn: Optional[Callable[..., Tuple[Dict[str, jnp.ndarray],
+                                        Dict[str, jnp.ndarray]]]] = None
+  summarize: Optional[Callable[[Dict[str, np.ndarray]],
+                               Dict[str, float]]] = None
 
 
 def check_variant(variant: str) -> None:
-  """Raises ValueError for an unknown or not yet available variant."""
-  if variant not in VARIANTS:
+  """Raises ValueError for an unknown variant."""
+  if variant not in vpsnet.VARIANTS:
     raise ValueError(f"Unknown config.variant {variant!r}; one of "
-                     f"{sorted(VARIANTS)}")
-  if VARIANTS[variant] is not None:
-    raise NotImplementedError(f"config.variant={variant!r} "
-                              f"{VARIANTS[variant]}; use variant 'base'")
-
-
-def detector_config(config, num_things: int) -> detector.DetectorConfig:
-  """The `base` variant's DetectorConfig from `config.model`."""
-  m = config.model
-  return detector.DetectorConfig(
-      num_classes=num_things, depth=m.depth, frozen_stages=m.frozen_stages,
-      fpn_dim=m.fpn_dim, box_fc_dim=m.box_fc_dim,
-      mask_conv_dim=m.mask_conv_dim, anchor_scales=tuple(m.anchor_scales),
-      rpn_train_proposals=m.rpn_train_proposals,
-      rpn_test_proposals=m.rpn_test_proposals,
-      rpn_allowed_border=m.rpn_allowed_border, rcnn_samples=m.rcnn_samples,
-      max_detections=m.max_detections,
-      max_candidates=m.max_candidates or None, dtype=m.dtype)
+                     f"{sorted(vpsnet.VARIANTS)}")
 
 
 def thing_table(meta) -> np.ndarray:
@@ -72,40 +59,115 @@ def thing_table(meta) -> np.ndarray:
   return table
 
 
-def detector_batch(batch: Dict[str, jnp.ndarray], table: np.ndarray,
-                   offset: float) -> Dict[str, jnp.ndarray]:
-  """A pipeline batch ([N, ...], `transforms.train_example` keys) as the
-  detector's batch: images (N, H, W, 3), image_size (N, 2) from the
-  pad mask, thing classes 0-based, stuff instances marked invalid, boxes
-  from pixel edges to the detector's convention (x2 - offset)."""
+def model_config(config, meta) -> vpsnet.VPSNetConfig:
+  """`VPSNetConfig` of config.variant / config.model for dataset `meta`."""
+  check_variant(config.variant)
+  m = config.model
+  things = tuple(i for i, c in enumerate(meta.categories) if c.isthing)
+  return vpsnet.VPSNetConfig(
+      variant=config.variant, num_classes=len(things),
+      num_semantic=len(meta.categories), thing_channels=things,
+      depth=m.depth, frozen_stages=m.frozen_stages, fpn_dim=m.fpn_dim,
+      box_fc_dim=m.box_fc_dim, mask_conv_dim=m.mask_conv_dim,
+      anchor_scales=tuple(m.anchor_scales),
+      rpn_train_proposals=m.rpn_train_proposals,
+      rpn_test_proposals=m.rpn_test_proposals,
+      rpn_allowed_border=m.rpn_allowed_border, rcnn_samples=m.rcnn_samples,
+      max_detections=m.max_detections,
+      max_candidates=m.max_candidates or None, dtype=m.dtype,
+      semantic_features=tuple(m.semantic_features),
+      semantic_groups=m.semantic_groups, panoptic_weight=m.panoptic_weight,
+      track_weight=m.track_weight, track_dim=m.track_dim,
+      track_cosine=m.track_cosine,
+      panoptic_score_threshold=m.panoptic_score_threshold,
+      panoptic_nms=m.panoptic_nms,
+      mask_overlap_threshold=m.mask_overlap_threshold)
+
+
+def model_batch(batch: Dict[str, jnp.ndarray], table: np.ndarray,
+                offset: float) -> Dict[str, jnp.ndarray]:
+  """A pipeline batch ([N, ...], `transforms.train_example` keys) as
+  VPSNet's batch (`vpsnet` module docstring): image size from the pad
+  mask, thing classes 0-based with stuff instances invalid, boxes from
+  pixel edges to the detector's convention (x2 - offset), the semantic map
+  at 1/4, the flow (when the pipeline has one) at 1/4."""
   pad = batch["pad_mask"]
   h = jnp.sum(jnp.any(pad, axis=2), axis=1)
   w = jnp.sum(jnp.any(pad, axis=1), axis=1)
-  cls = jnp.asarray(table)[batch["gt_classes"]]
-  boxes = batch["gt_boxes"] - jnp.array([0., 0., offset, offset])
-  return {"images": batch["image"],
-          "image_size": jnp.stack([h, w], -1).astype(jnp.int32),
-          "gt_boxes": boxes, "gt_classes": jnp.maximum(cls, 0),
-          "gt_valid": batch["gt_valid"] & (cls >= 0),
-          "gt_masks": batch["gt_masks"]}
+  table = jnp.asarray(table)
+  cls = table[batch["gt_classes"]]
+  ref_cls = table[batch["ref_classes"]]
+  edge = jnp.array([0., 0., offset, offset])
+  out = {"images": batch["image"],
+         "image_size": jnp.stack([h, w], -1).astype(jnp.int32),
+         "gt_boxes": batch["gt_boxes"] - edge,
+         "gt_classes": jnp.maximum(cls, 0),
+         "gt_valid": batch["gt_valid"] & (cls >= 0),
+         "gt_masks": batch["gt_masks"],
+         "semantic": batch["semantic_quarter"],
+         "ref_images": batch["ref_image"],
+         "has_reference": batch["frame_index"] != batch["ref_frame_index"],
+         "ref_boxes": batch["ref_boxes"] - edge,
+         "ref_valid": batch["ref_valid"] & (ref_cls >= 0),
+         "gt_ref_index": batch["gt_ref_index"]}
+  if "flow" in batch:
+    out["flow"] = vpsnet.quarter_flow(batch["flow"])
+  return out
 
 
-def detector_task(config, meta) -> Task:
-  """The `base` variant today: Mask R-CNN on the target frames."""
+def confusion(pred: jnp.ndarray, labels: jnp.ndarray,
+              num_classes: int) -> jnp.ndarray:
+  """(K, K) int32 counts [label, prediction] over labelled pixels."""
+  valid = labels != IGNORE
+  index = jnp.where(valid, labels * num_classes + pred, num_classes ** 2)
+  counts = jnp.bincount(index.reshape(-1), length=num_classes ** 2 + 1)
+  return counts[:-1].reshape(num_classes, num_classes).astype(jnp.int32)
+
+
+def mean_iou(confusion_matrix: np.ndarray) -> float:
+  """Mean IoU (percent) over the classes that occur in labels or
+  predictions."""
+  c = np.asarray(confusion_matrix, np.float64)
+  inter = np.diag(c)
+  union = c.sum(0) + c.sum(1) - inter
+  present = union > 0
+  return float(100.0 * np.mean(inter[present] / union[present])) if (
+      present.any()) else 0.0
+
+
+def vpsnet_task(config, meta) -> Task:
+  """VPSNet of config.variant, trained on the pipeline's pairs."""
   table = thing_table(meta)
-  cfg = detector_config(config, int((table >= 0).sum()))
-  model = detector.MaskRCNN(cfg)
+  cfg = model_config(config, meta)
+  model = vpsnet.VPSNet(cfg)
   h, w = (-(-s // config.input.size_divisor) * config.input.size_divisor
           for s in config.input.crop_size)
 
   def init(key):
     return dict(model.init(key, jnp.zeros((1, h, w, 3), jnp.float32)))
 
+  def forward(params, batch_stats, batch, key):
+    parts, aux = model.apply({"params": params, "batch_stats": batch_stats},
+                             model_batch(batch, table, cfg.offset), key,
+                             method=model.losses)
+    metrics = dict(parts)
+    if "track_accuracy" in aux:
+      metrics["track_accuracy"] = aux["track_accuracy"]
+    return sum(parts.values()), metrics, aux
+
   def loss_fn(params, batch_stats, batch, key):
-    parts, _ = model.apply({"params": params, "batch_stats": batch_stats},
-                           detector_batch(batch, table, cfg.offset), key,
-                           method=model.losses)
-    return sum(parts.values()), parts
+    total, metrics, _ = forward(params, batch_stats, batch, key)
+    return total, metrics
+
+  def eval_fn(params, batch_stats, batch, key):
+    total, metrics, aux = forward(params, batch_stats, batch, key)
+    pred = jnp.argmax(aux["semantic_logits"], axis=-1)
+    counts = {"semantic_confusion": confusion(pred, batch["semantic"],
+                                              cfg.num_semantic)}
+    return dict(metrics, loss=total), counts
+
+  def summarize(counts):
+    return {"semantic_miou": mean_iou(counts["semantic_confusion"])}
 
   def trainable(params):
     mask = jax.tree_util.tree_map(lambda _: True, params)
@@ -113,9 +175,10 @@ def detector_task(config, meta) -> Task:
                                                    cfg.frozen_stages)
     return mask
 
-  return Task(init=init, loss_fn=loss_fn, trainable=trainable)
+  return Task(init=init, loss_fn=loss_fn, trainable=trainable,
+              eval_fn=eval_fn, summarize=summarize)
 
 
 def create_task(config, meta) -> Task:
   check_variant(config.variant)
-  return detector_task(config, meta)
+  return vpsnet_task(config, meta)

@@ -41,6 +41,7 @@ from vpsnet_jax.train import tasks as tasks_lib
 
 AXIS = "batch"
 PARALLEL = ("pmap", "shard_map")
+TRACKERS = ("track_head", "cls_sort", "iou_match", "none")
 
 
 @flax.struct.dataclass
@@ -88,9 +89,11 @@ def per_device_batch_size(config, device_count: Optional[int] = None) -> int:
 
 
 def validate_config(config, device_count: Optional[int] = None,
-                    check_devices: bool = True) -> None:
+                    check_devices: bool = True,
+                    inference: bool = False) -> None:
   """Clear errors before any compile: unknown fields, variant, batch,
-  parallel mode, dataset name. check_devices=False skips the batch check
+  parallel mode, dataset name, flow, tracker (with `inference`: also that
+  the tracker fits the variant). check_devices=False skips the batch check
   (it initialises jax's backends; main.py first sets up multi-process)."""
   from configs import default  # pylint: disable=g-import-not-at-top
   unknown = _unknown_fields(config, default.get_config())
@@ -101,10 +104,31 @@ def validate_config(config, device_count: Optional[int] = None,
   if config.parallel not in PARALLEL:
     raise ValueError(f"config.parallel must be one of {PARALLEL}, got "
                      f"{config.parallel!r}")
+  if config.optimizer not in OPTIMIZERS:
+    raise ValueError(f"config.optimizer must be one of {OPTIMIZERS}, got "
+                     f"{config.optimizer!r}")
   from vpsnet_jax.train import input as input_lib  # pylint: disable=g-import-not-at-top
   if config.dataset.name not in input_lib.DATASETS:
     raise ValueError(f"Unknown config.dataset.name {config.dataset.name!r};"
                      f" one of {list(input_lib.DATASETS)}")
+  flows = ("dis", "ground_truth")
+  if config.input.flow not in flows:
+    raise ValueError(f"config.input.flow must be one of {flows}, got "
+                     f"{config.input.flow!r}")
+  if (config.input.flow == "ground_truth" and
+      config.dataset.name != "vps_synthetic"):
+    raise ValueError("config.input.flow='ground_truth' needs the exact "
+                     "motion of vps_synthetic; use 'dis' for "
+                     f"{config.dataset.name}")
+  if config.tracker not in TRACKERS:
+    raise ValueError(f"config.tracker must be one of {TRACKERS}, got "
+                     f"{config.tracker!r}")
+  if inference and config.tracker == "track_head" and not (
+      tasks_lib.VARIANT_SPECS[config.variant].track):
+    raise ValueError(f"config.tracker='track_head' needs a variant with the "
+                     f"track head ('track', 'fusetrack'), not "
+                     f"{config.variant!r}; use tracker 'none', 'cls_sort' or "
+                     "'iou_match'")
   if check_devices:
     per_device_batch_size(config, device_count)
 
@@ -129,14 +153,27 @@ def create_learning_rate_fn(config, global_batch: int,
   return optax.join_schedules([warmup, after], [w])
 
 
+OPTIMIZERS = ("sgd", "adamw")
+
+
 def create_optimizer(config, schedule: optax.Schedule,
                      trainable: Any) -> optax.GradientTransformation:
-  """clip_by_global_norm -> add_decayed_weights -> sgd(momentum) on the
-  trainable leaves (`trainable`: pytree of bools), zero updates elsewhere."""
-  train = optax.chain(
-      optax.clip_by_global_norm(config.grad_clip_norm),
-      optax.add_decayed_weights(config.weight_decay),
-      optax.sgd(schedule, momentum=config.momentum))
+  """On the trainable leaves (`trainable`: pytree of bools), zero updates
+  elsewhere: config.optimizer 'sgd' (the paper's): clip_by_global_norm ->
+  add_decayed_weights -> sgd(momentum); 'adamw': clip_by_global_norm ->
+  adamw (decoupled weight decay)."""
+  if config.optimizer == "sgd":
+    train = optax.chain(
+        optax.clip_by_global_norm(config.grad_clip_norm),
+        optax.add_decayed_weights(config.weight_decay),
+        optax.sgd(schedule, momentum=config.momentum))
+  elif config.optimizer == "adamw":
+    train = optax.chain(
+        optax.clip_by_global_norm(config.grad_clip_norm),
+        optax.adamw(schedule, weight_decay=config.weight_decay))
+  else:
+    raise ValueError(f"config.optimizer must be one of {OPTIMIZERS}, got "
+                     f"{config.optimizer!r}")
   labels = jax.tree_util.tree_map(lambda t: "train" if t else "frozen",
                                   trainable)
   return optax.multi_transform({"train": train,
@@ -251,11 +288,36 @@ def train_step(state: TrainState, batch: Dict[str, jnp.ndarray], key,
   return new_state, metrics
 
 
-def eval_step(state: TrainState, batch, key, *, loss_fn: Callable):
-  """One device's validation losses, averaged over 'batch'."""
-  loss, parts = loss_fn(state.params, state.batch_stats, batch,
-                        jax.random.fold_in(key, jax.lax.axis_index(AXIS)))
-  return jax.lax.pmean(dict(parts, loss=loss), AXIS)
+def eval_step(state: TrainState, batch, key, *, task: tasks_lib.Task):
+  """One device's validation metrics (averaged over 'batch') and counts
+  (summed over 'batch'; empty without `task.eval_fn`)."""
+  key = jax.random.fold_in(key, jax.lax.axis_index(AXIS))
+  if task.eval_fn is None:
+    loss, parts = task.loss_fn(state.params, state.batch_stats, batch, key)
+    return jax.lax.pmean(dict(parts, loss=loss), AXIS), {}
+  metrics, counts = task.eval_fn(state.params, state.batch_stats, batch, key)
+  return jax.lax.pmean(metrics, AXIS), jax.lax.psum(counts, AXIS)
+
+
+def run_evaluation(p_eval: Callable, state, batches: Iterator, key,
+                   task: tasks_lib.Task) -> Dict[str, float]:
+  """Validation over `batches` (already on the devices): 'eval_<metric>'
+  averaged over batches, plus `task.summarize` of the summed counts."""
+  sums, totals, n = collections.defaultdict(float), {}, 0
+  for batch in batches:
+    metrics, counts = jax.device_get(p_eval(state, batch, key))
+    for k, v in metrics.items():
+      sums[k] += float(v)
+    for k, v in counts.items():
+      totals[k] = totals[k] + np.asarray(v) if k in totals else np.asarray(v)
+    n += 1
+  if not n:
+    return {}
+  out = {f"eval_{k}": v / n for k, v in sums.items()}
+  if task.summarize is not None and totals:
+    out.update({f"eval_{k}": float(v)
+                for k, v in task.summarize(totals).items()})
+  return out
 
 
 # -------------------------------------------------------------- parallelism
@@ -448,19 +510,15 @@ def run(config, workdir: str, task: tasks_lib.Task,
 
   p_train = par.wrap(functools.partial(
       train_step, loss_fn=task.loss_fn, tx=tx, schedule=schedule), True)
-  p_eval = par.wrap(functools.partial(eval_step, loss_fn=task.loss_fn),
-                    False)
+  p_eval = par.wrap(functools.partial(eval_step, task=task), False)
 
   def evaluate(state, step):
-    sums, n = collections.defaultdict(float), 0
-    for batch in prefetch(eval_iter_fn(per_device), par.put_batch):
-      for k, v in jax.device_get(p_eval(state, batch, eval_key)).items():
-        sums[k] += float(v)
-      n += 1
-    if not n:
+    out = run_evaluation(
+        p_eval, state, prefetch(eval_iter_fn(per_device), par.put_batch),
+        eval_key, task)
+    if not out:
       logging.warning("The validation split gave no full batch")
       return {}
-    out = {f"eval_{k}": v / n for k, v in sums.items()}
     writer.write_scalars(step, out)
     return out
 
@@ -510,9 +568,13 @@ def run(config, workdir: str, task: tasks_lib.Task,
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                        evaluate: bool = True) -> Dict[str, Any]:
   """Trains config.variant on config.dataset in workdir (resuming from the
-  latest checkpoint there); validation losses every eval_every_steps."""
+  latest checkpoint there). With `evaluate`: validation losses and semantic
+  mIoU every eval_every_steps, and at the end online inference on the
+  validation split with its VPQ (`vpsnet_jax.inference.run.evaluate`:
+  WORKDIR/predictions, WORKDIR/vpq.json; on process 0 of a multi-process
+  run). Returns `run`'s dict plus "vpq" (the VPQ result, or None)."""
   from vpsnet_jax.train import input as input_lib  # pylint: disable=g-import-not-at-top
-  validate_config(config)
+  validate_config(config, inference=evaluate)
   source, index = input_lib.open_split(config, workdir, "train")
   val = input_lib.open_split(config, workdir, "val") if evaluate else None
   task = tasks_lib.create_task(config, input_lib.meta(config))
@@ -524,12 +586,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     decay = [e * per_epoch for e in config.lr_decay_epochs]
     logging.info("%d steps per epoch: %d steps, lr decays at %s", per_epoch,
                  num_steps, decay)
-  return run(
+  result = run(
       config, workdir, task,
       lambda start, b: input_lib.train_batches(source, index, config, b,
                                                start),
       (lambda b: input_lib.eval_batches(*val, config, b)) if val else None,
       num_train_steps=num_steps, decay_steps=decay)
+  result["vpq"] = None
+  if evaluate and jax.process_index() == 0:
+    from vpsnet_jax.inference import run as inference  # pylint: disable=g-import-not-at-top
+    state = result["state"]
+    writer = metric_writers.create_default_writer(workdir,
+                                                  asynchronous=False)
+    result["vpq"] = inference.evaluate(
+        config, workdir, {"params": state.params,
+                          "batch_stats": state.batch_stats},
+        step=int(state.step), writer=writer)
+  return result
 
 
 def evaluate_checkpoint(config, workdir: str, task: tasks_lib.Task,
@@ -552,24 +625,48 @@ def evaluate_checkpoint(config, workdir: str, task: tasks_lib.Task,
   manager.close()
   par = Parallel(config.parallel, devices)
   state = par.put_state(host_state)
-  p_eval = par.wrap(functools.partial(eval_step, loss_fn=task.loss_fn),
-                    False)
-  sums, n = collections.defaultdict(float), 0
-  for batch in prefetch(eval_iter_fn(per_device_batch_size(config,
-                                                           num_devices)),
-                        par.put_batch):
-    for k, v in jax.device_get(p_eval(state, batch, eval_key)).items():
-      sums[k] += float(v)
-    n += 1
-  if not n:
+  p_eval = par.wrap(functools.partial(eval_step, task=task), False)
+  out = run_evaluation(
+      p_eval, state,
+      prefetch(eval_iter_fn(per_device_batch_size(config, num_devices)),
+               par.put_batch), eval_key, task)
+  if not out:
     raise ValueError("The validation split gave no full batch")
-  return {f"eval_{k}": v / n for k, v in sums.items()}
+  return out
+
+
+def load_variables(config, workdir: str, task: tasks_lib.Task
+                   ) -> Tuple[Dict[str, Any], int]:
+  """({"params", "batch_stats"}, step) of the latest checkpoint in
+  WORKDIR/checkpoints (NumPy; no compile)."""
+  manager = checkpoint_manager(workdir, config)
+  try:
+    if manager.latest_step() is None:
+      raise FileNotFoundError(
+          f"No checkpoint in {os.path.join(workdir, 'checkpoints')}; train "
+          "first (--mode=train or train_and_evaluate)")
+    init_key = jax.random.split(jax.random.PRNGKey(config.seed), 3)[0]
+    shapes = jax.eval_shape(task.init, init_key)
+    tx = create_optimizer(config, create_learning_rate_fn(config, 1),
+                          task.trainable(shapes["params"]))
+    zeros = lambda t: jax.tree_util.tree_map(
+        lambda x: np.zeros(x.shape, x.dtype), t)
+    target = TrainState(
+        step=np.zeros((), np.int32), params=zeros(shapes["params"]),
+        batch_stats=zeros(shapes.get("batch_stats", {})),
+        opt_state=zeros(jax.eval_shape(tx.init, shapes["params"])))
+    state = restore_latest(manager, target)
+  finally:
+    manager.close()
+  return ({"params": state.params, "batch_stats": state.batch_stats},
+          int(state.step))
 
 
 def evaluate_only(config: ml_collections.ConfigDict, workdir: str
                   ) -> Dict[str, float]:
-  """Validation losses of the latest checkpoint in workdir (config.dataset's
-  validation split; VPQ arrives with issue 8)."""
+  """Validation losses and semantic mIoU of the latest checkpoint in
+  workdir (config.dataset's validation split); `vpsnet_jax.inference.run.
+  evaluate` gives its VPQ."""
   from vpsnet_jax.train import input as input_lib  # pylint: disable=g-import-not-at-top
   validate_config(config)
   val = input_lib.open_split(config, workdir, "val")
