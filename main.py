@@ -1,20 +1,28 @@
 """VPSNet in JAX: the main entry point.
 
-  python main.py --config=configs/synthetic.py --workdir=DIR [--mode=example]
+  python main.py --config=configs/synthetic.py --workdir=DIR
+      [--mode=train_and_evaluate|train|evaluate|predict|example]
       [--config.field=value ...]
 
-Modes: `train` (resumes from the latest checkpoint in WORKDIR/checkpoints),
-`train_and_evaluate` (plus validation losses every eval_every_steps),
-`evaluate` (validation losses of the latest checkpoint; VPQ arrives with
-issue 8), `example` (write the built-in synthetic dataset if needed, derive
-an imperfect example prediction from its validation ground truth and
-evaluate it with VPQ). `predict` arrives with issue 8.
+Modes:
+  train_and_evaluate (default)  train config.variant on config.dataset
+      (resuming from the latest checkpoint in WORKDIR/checkpoints),
+      validation losses and semantic mIoU every eval_every_steps, then
+      online inference on the validation split and its VPQ
+      (WORKDIR/predictions, WORKDIR/vpq.json);
+  train      the same without any evaluation;
+  evaluate   online inference + VPQ of the latest checkpoint;
+  predict    online inference on any folder of ordered frames
+      (--config.predict.frames_dir=DIR): panoptic PNGs, pred.json with
+      track ids, a colourised GIF and MP4;
+  example    the evaluator alone, on an imperfect prediction derived from
+      the synthetic ground truth.
 
 Several processes (hosts): `jax.distributed.initialize()` runs automatically
 on SLURM (several tasks) and TPU pods, or explicitly with
 --coordinator_address=HOST:PORT --num_processes=N --process_id=I.
-The logic lives in `vpsnet_jax.train.train` (notebooks call the same
-functions).
+The logic lives in `vpsnet_jax.train.train` and `vpsnet_jax.inference.run`
+(notebooks call the same functions).
 """
 
 import json
@@ -30,9 +38,9 @@ config_flags.DEFINE_config_file(
     "config", None, "Experiment configuration file.", lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for data, predictions, "
                     "checkpoints and metrics.")
-flags.DEFINE_enum("mode", "example", ["example", "train", "evaluate",
-                                      "train_and_evaluate", "predict"],
-                  "What to run.")
+flags.DEFINE_enum("mode", "train_and_evaluate",
+                  ["train_and_evaluate", "train", "evaluate", "predict",
+                   "example"], "What to run.")
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0 "
                     "for multi-process runs (jax.distributed.initialize).")
 flags.DEFINE_integer("num_processes", None, "Number of processes.")
@@ -103,22 +111,25 @@ def main(argv):
   os.makedirs(FLAGS.workdir, exist_ok=True)
   if FLAGS.mode == "example":
     run_example(FLAGS.config, FLAGS.workdir)
-  elif FLAGS.mode == "predict":
-    raise NotImplementedError("--mode=predict arrives with issue 8 "
-                              "(video inference).")
-  else:
-    from vpsnet_jax.train import train  # pylint: disable=g-import-not-at-top
-    train.validate_config(FLAGS.config, check_devices=False)
-    init_distributed()
+    return
+  from vpsnet_jax.train import train  # pylint: disable=g-import-not-at-top
+  train.validate_config(FLAGS.config, check_devices=False,
+                        inference=FLAGS.mode != "train")
+  init_distributed()
+  if FLAGS.mode in ("evaluate", "predict"):
+    from vpsnet_jax.inference import run  # pylint: disable=g-import-not-at-top
     if FLAGS.mode == "evaluate":
-      print(json.dumps(train.evaluate_only(FLAGS.config, FLAGS.workdir),
-                       indent=2))
+      result = run.evaluate(FLAGS.config, FLAGS.workdir)
+      print(json.dumps({"vpq": result["vpq"]}, indent=2))
     else:
-      result = train.train_and_evaluate(
-          FLAGS.config, FLAGS.workdir,
-          evaluate=FLAGS.mode == "train_and_evaluate")
-      print(json.dumps({"step": result["step"], "train": result["train"],
-                        "eval": result["eval"]}, indent=2))
+      run.predict(FLAGS.config, FLAGS.workdir)
+    return
+  result = train.train_and_evaluate(
+      FLAGS.config, FLAGS.workdir,
+      evaluate=FLAGS.mode == "train_and_evaluate")
+  print(json.dumps({"step": result["step"], "train": result["train"],
+                    "eval": result["eval"], "vpq": result.get("vpq")},
+                   indent=2))
 
 
 if __name__ == "__main__":

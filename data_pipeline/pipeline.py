@@ -233,17 +233,63 @@ def eval_order(index: FrameIndex, process_index: int = 0,
   return np.array(rows, np.int64).reshape(-1, 2)
 
 
+def eval_streams(index: FrameIndex, num_streams: int,
+                 process_index: int = 0, process_count: int = 1
+                 ) -> Tuple[np.ndarray, np.ndarray]:
+  """This host's videos dealt to `num_streams` lockstep streams (one per
+  device): stream s plays its videos one after the other, frame by frame.
+
+  Returns:
+    rows: int64 [steps, num_streams, 2] (record, previous record; the
+      first frame of a video is its own previous), padded at the end of
+      shorter streams with a copy of their last row;
+    valid: bool [steps, num_streams], False on the padding.
+  """
+  if num_streams < 1:
+    raise ValueError(f'num_streams must be >= 1, got {num_streams}')
+  videos = [v for k, (_, v) in enumerate(sorted(index.videos().items()))
+            if k % process_count == process_index]
+  streams = [[] for _ in range(num_streams)]
+  for k, records in enumerate(videos):
+    streams[k % num_streams] += [(rec, records[j - 1] if j else rec)
+                                 for j, rec in enumerate(records)]
+  steps = max((len(s) for s in streams), default=0)
+  rows = np.zeros((steps, num_streams, 2), np.int64)
+  valid = np.zeros((steps, num_streams), bool)
+  for k, stream in enumerate(streams):
+    if stream:
+      rows[:len(stream), k] = stream
+      rows[len(stream):, k] = stream[-1]
+      valid[:len(stream), k] = True
+    elif steps:  # More streams than videos: replay any frame, invalid.
+      rows[:, k] = rows[:, 0] if k else 0
+  return rows, valid
+
+
 def eval_dataset(source, index: FrameIndex, *, flow: str = 'none',
                  size_divisor: int = 32, process_index: Optional[int] = None,
-                 process_count: Optional[int] = None) -> tf.data.Dataset:
-  """Unbatched frames in video order (keys in `transforms.eval_example`)."""
+                 process_count: Optional[int] = None,
+                 num_streams: Optional[int] = None) -> tf.data.Dataset:
+  """Frames in video order (keys in `transforms.eval_example`, plus 'record',
+  the frame's record index in `source`, int64).
+
+  Unbatched by default. With `num_streams`, videos play in that many
+  lockstep streams (`eval_streams`) and every element is one step: arrays
+  [num_streams, ...] plus 'valid' bool [num_streams].
+  """
   if None in (process_index, process_count):
     import jax  # pylint: disable=g-import-not-at-top
     process_index = jax.process_index() if process_index is None else (
         process_index)
     process_count = jax.process_count() if process_count is None else (
         process_count)
-  order = eval_order(index, process_index, process_count)
+  if num_streams is None:
+    order = eval_order(index, process_index, process_count)
+    valid = np.ones((len(order),), bool)
+  else:
+    rows, valid = eval_streams(index, num_streams, process_index,
+                               process_count)
+    order, valid = rows.reshape(-1, 2), valid.reshape(-1)
   first = source[int(order[0, 0])] if len(order) else source[0]
   size = np.asarray(first['image']).shape[:2]
   h, w = (transforms.round_up(s, size_divisor) for s in size)
@@ -266,18 +312,23 @@ def eval_dataset(source, index: FrameIndex, *, flow: str = 'none',
                                  size_divisor=size_divisor)
     return [np.asarray(ex[k], specs[k][1].as_numpy_dtype) for k in keys]
 
-  def tf_load(pair):
+  def tf_load(pair, ok):
     values = tf.numpy_function(load, [pair[0], pair[1]],
                                [specs[k][1] for k in keys], stateful=False)
     out = {}
     for k, v in zip(keys, values):
       v.set_shape(specs[k][0])
       out[k] = v
+    out['record'] = pair[0]
+    if num_streams is not None:
+      out['valid'] = ok
     return out
 
-  ds = tf.data.Dataset.from_tensor_slices(order)
+  ds = tf.data.Dataset.from_tensor_slices((order, valid))
   ds = ds.map(tf_load, num_parallel_calls=tf.data.AUTOTUNE,
               deterministic=True)
+  if num_streams is not None:
+    ds = ds.batch(num_streams, drop_remainder=True)
   return ds.prefetch(tf.data.AUTOTUNE)
 
 

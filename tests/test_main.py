@@ -5,13 +5,16 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_main_example_mode_writes_predictions_and_vpq(tmp_path):
   proc = subprocess.run(
       [sys.executable, "main.py", "--config=configs/synthetic.py",
-       f"--workdir={tmp_path}", "--config.dataset.synthetic.height=64",
+       f"--workdir={tmp_path}", "--mode=example",
+       "--config.dataset.synthetic.height=64",
        "--config.dataset.synthetic.width=128",
        "--config.dataset.synthetic.num_train_videos=1",
        "--config.dataset.synthetic.num_val_videos=1"],
@@ -38,10 +41,18 @@ def test_main_rejects_unknown_config_field(tmp_path):
   assert "no_such_field" in proc.stderr
 
 
-def test_main_modes_of_later_issues_say_so(tmp_path):
+@pytest.mark.parametrize("mode,message", [
+    ("predict", "needs --config.predict.frames_dir"),
+    ("evaluate", "No checkpoint in"),
+])
+def test_inference_modes_explain_what_is_missing(tmp_path, mode, message):
   proc = subprocess.run(
       [sys.executable, "main.py", "--config=configs/synthetic.py",
-       f"--workdir={tmp_path}", "--mode=predict"],
+       f"--workdir={tmp_path}", f"--mode={mode}",
+       "--config.dataset.synthetic.height=64",
+       "--config.dataset.synthetic.width=128",
+       "--config.dataset.synthetic.num_train_videos=1",
+       "--config.dataset.synthetic.num_val_videos=1"],
       cwd=ROOT, capture_output=True, text=True)
   assert proc.returncode != 0
-  assert "issue 8" in proc.stderr
+  assert message in proc.stderr, proc.stderr[-2000:]

@@ -285,3 +285,29 @@ def test_prefetch_to_device_shards_over_local_devices(data):
   assert isinstance(image, jax.Array)
   assert image.shape == (n, 1, 64, 96, 3)
   assert len(image.sharding.device_set) == n
+
+
+def test_eval_streams_play_videos_in_lockstep(data):
+  _, source, index = data
+  videos = index.videos()
+  rows, valid = pipeline.eval_streams(index, 2)
+  assert rows.shape == (30, 2, 2) and valid.all()
+  for s, vid in enumerate(sorted(videos)):
+    np.testing.assert_array_equal(rows[:, s, 0], videos[vid])
+    np.testing.assert_array_equal(rows[1:, s, 1], videos[vid][:-1])
+    assert rows[0, s, 1] == rows[0, s, 0]  # First frame: its own reference.
+  rows, valid = pipeline.eval_streams(index, 3)
+  assert valid[:, :2].all() and not valid[:, 2].any()
+  rows, valid = pipeline.eval_streams(index, 1)
+  assert rows.shape == (60, 1, 2) and valid.all()
+  second = sorted(videos)[1]
+  assert rows[30, 0, 0] == rows[30, 0, 1] == videos[second][0]
+  ds = pipeline.eval_dataset(source, index, num_streams=2, process_index=0,
+                             process_count=1)
+  steps = list(ds.as_numpy_iterator())
+  assert len(steps) == 30
+  assert steps[0]['image'].shape == (2, 64, 128, 3)
+  np.testing.assert_array_equal(steps[4]['frame_index'], [5, 5])
+  np.testing.assert_array_equal(steps[4]['record'],
+                                [videos[v][4] for v in sorted(videos)])
+  assert steps[4]['valid'].all()

@@ -1,8 +1,8 @@
-"""`python main.py --config=configs/synthetic.py --mode=train` end to end
-with the detector (`base`), tiny sizes via --config overrides: the losses
-fall, checkpoints and TensorBoard events are written; and the errors before
-any compile. (Validation in the loop is tested on the tiny task in
-test_loop.py: one more detector compile costs ~25 s here.)"""
+"""`python main.py --config=configs/synthetic.py` end to end with the full
+VPSNet (`fusetrack`) at tiny sizes via --config overrides: it trains (the
+losses fall), validates (losses and semantic mIoU), writes checkpoints and
+TensorBoard events, runs online inference on the validation videos and
+writes the predictions and their VPQ; and the errors before any compile."""
 
 import glob
 import json
@@ -15,23 +15,13 @@ import pytest
 
 from configs import default
 from configs import synthetic as synthetic_config
+from tests import vps_tiny
 from vpsnet_jax.train import tasks
 from vpsnet_jax.train import train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))))
-TINY = [
-    "--config.dataset.synthetic.height=64",
-    "--config.dataset.synthetic.width=128",
-    "--config.dataset.synthetic.num_train_videos=1",
-    "--config.dataset.synthetic.num_val_videos=1",
-    "--config.input.crop_size=(64,128)",
-    "--config.model.fpn_dim=32", "--config.model.box_fc_dim=64",
-    "--config.model.mask_conv_dim=16", "--config.model.rcnn_samples=32",
-    "--config.model.rpn_train_proposals=100",
-    "--config.model.rpn_test_proposals=50",
-    "--config.model.max_candidates=100",
-]
+TINY = vps_tiny.flags()
 
 
 def _scalars(workdir, tag):
@@ -45,30 +35,35 @@ def _scalars(workdir, tag):
           for e in acc.Tensors(tag)}
 
 
-def test_main_train_on_synthetic_losses_fall(tmp_path):
+def test_main_trains_evaluates_and_writes_vpq(tmp_path):
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
              JAX_PLATFORMS="cpu")
   proc = subprocess.run(
       [sys.executable, "main.py", "--config=configs/synthetic.py",
-       f"--workdir={tmp_path}", "--mode=train", *TINY,
+       f"--workdir={tmp_path}", *TINY,
        "--config.num_train_steps=14", "--config.log_every_steps=1",
-       "--config.checkpoint_every_steps=7", "--config.warmup_steps=5"],
+       "--config.checkpoint_every_steps=7", "--config.warmup_steps=5",
+       "--config.eval_every_steps=14", "--config.input.num_eval_batches=2"],
       cwd=ROOT, env=env, capture_output=True, text=True)
   assert proc.returncode == 0, proc.stderr[-4000:]
-  out = json.loads(proc.stdout[proc.stdout.index("{"):])
-  assert out["step"] == 14 and not out["eval"]
+  out = json.loads(proc.stdout[proc.stdout.rindex("\n{") + 1:])
+  assert out["step"] == 14
   assert set(out["train"]) == {
       "loss", "loss_rpn_cls", "loss_rpn_bbox", "loss_cls", "loss_bbox",
-      "loss_mask", "grad_norm", "learning_rate"}
+      "loss_mask", "loss_semantic", "loss_panoptic", "loss_track",
+      "track_accuracy", "grad_norm", "learning_rate"}
+  assert 0.0 <= out["eval"]["eval_semantic_miou"] <= 100.0
+  assert np.isfinite(out["eval"]["eval_loss_track"])
   loss = _scalars(str(tmp_path), "loss")
   assert sorted(loss) == list(range(1, 15))
   first = np.mean([loss[s] for s in (1, 2, 3)])
   last = np.mean([loss[s] for s in (12, 13, 14)])
   assert last < 0.8 * first, loss
-  for tag in ("loss_mask", "loss_rpn_cls", "learning_rate", "grad_norm",
-              "images_per_sec", "steps_per_sec"):
+  for tag in ("loss_mask", "loss_track", "learning_rate", "grad_norm",
+              "images_per_sec", "steps_per_sec", "eval_semantic_miou",
+              "vpq/all", "vpq/k0/things"):
     assert _scalars(str(tmp_path), tag), tag
-  # lr 0.005 per 8 images, global batch 2 (2 devices x 1), warm-up from 1/3.
+  # lr 0.02 per 8 images, global batch 2 (2 devices x 1), warm-up from 1/3.
   lr = _scalars(str(tmp_path), "learning_rate")
   assert lr[1] == pytest.approx(0.02 * 2 / 8 / 3, rel=1e-5)
   assert lr[14] == pytest.approx(0.02 * 2 / 8, rel=1e-5)
@@ -78,6 +73,16 @@ def test_main_train_on_synthetic_losses_fall(tmp_path):
   # and the mask head's 3x3 convs at width 16).
   assert "(1, 1, 64, 32)" in proc.stderr
   assert "(3, 3, 16, 16)" in proc.stderr
+  # Online inference on the validation video: the 6 annotated frames in
+  # the evaluation layout, and their VPQ in eval.vpq's schema.
+  vpq = json.loads((tmp_path / "vpq.json").read_text())
+  assert out["vpq"] == vpq["vpq"]
+  assert set(vpq["k"]) == {"0", "5", "10", "15"}
+  assert sorted(os.listdir(tmp_path / "predictions" / "pan_pred")) == [
+      f"0001_{f:04d}_synthetic_000001_{f:06d}.png" for f in range(5, 31, 5)]
+  pred = json.loads((tmp_path / "predictions" / "pred.json").read_text())
+  assert len(pred["annotations"]) == 6
+  assert "VPQ (mean over k = 0, 5, 10, 15)" in proc.stdout
 
 
 def _config(**kw):
@@ -93,11 +98,16 @@ def _config(**kw):
 
 @pytest.mark.parametrize("overrides,error,message", [
     ({"variant": "nope"}, ValueError, "Unknown config.variant 'nope'"),
-    ({"variant": "fusetrack"}, NotImplementedError, "needs issue 6"),
     ({"global_batch_size": 6}, ValueError,
      "global_batch_size=6 is not divisible by the 4 devices"),
     ({"parallel": "vmap"}, ValueError, "config.parallel must be one of"),
     ({"dataset.name": "kitti"}, ValueError, "Unknown config.dataset.name"),
+    ({"input.flow": "none"}, ValueError, "config.input.flow must be one of"),
+    ({"dataset.name": "viper"}, ValueError,
+     "flow='ground_truth' needs the exact motion of vps_synthetic"),
+    ({"tracker": "sort"}, ValueError, "config.tracker must be one of"),
+    ({"variant": "fuse"}, ValueError,
+     "tracker='track_head' needs a variant with the track head"),
 ])
 def test_bad_configs_fail_before_compiling(tmp_path, overrides, error,
                                            message):
@@ -119,7 +129,7 @@ def test_unknown_config_field(tmp_path):
     ("viper", "playing-for-benchmarks"),
 ])
 def test_missing_dataset_folder_explains_the_download(tmp_path, name, words):
-  c = _config(**{"dataset.name": name,
+  c = _config(**{"dataset.name": name, "input.flow": "dis",
                  "dataset.data_dir": str(tmp_path / "missing")})
   with pytest.raises(ValueError, match=words) as e:
     train.train_and_evaluate(c, str(tmp_path))
@@ -131,18 +141,18 @@ def test_missing_dataset_folder_explains_the_download(tmp_path, name, words):
     train.train_and_evaluate(c, str(tmp_path))
 
 
-def test_main_rejects_unknown_override_and_bad_variant(tmp_path):
+def test_main_rejects_a_bad_variant(tmp_path):
   proc = subprocess.run(
       [sys.executable, "main.py", "--config=configs/synthetic.py",
-       f"--workdir={tmp_path}", "--mode=train", "--config.variant=fuse"],
+       f"--workdir={tmp_path}", "--mode=train", "--config.variant=fusion"],
       cwd=ROOT, capture_output=True, text=True)
   assert proc.returncode != 0
-  assert "needs issue 6" in proc.stderr
+  assert "Unknown config.variant 'fusion'" in proc.stderr
 
 
 def test_every_experiment_config_has_only_default_fields():
   import importlib  # pylint: disable=g-import-not-at-top
-  for name in ("synthetic", "cityscapes_vps", "viper"):
+  for name in ("synthetic", "cityscapes", "cityscapes_vps", "viper"):
     c = importlib.import_module(f"configs.{name}").get_config()
     assert not train._unknown_fields(c, default.get_config()), name  # pylint: disable=protected-access
     assert c.variant in tasks.VARIANTS and c.parallel in train.PARALLEL

@@ -1,0 +1,1 @@
+"""Online video inference: tracking, panoptic fusion, writers."""

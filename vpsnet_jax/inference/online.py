@@ -1,0 +1,265 @@
+"""Online video inference: every frame in order, the previous as reference.
+
+  model = FrameModel(vpsnet_model, variables)        # compiled once per size
+  stats = predict_videos(config, model, source, index, image_ids, out_dir)
+
+Videos play in lockstep streams, one per local device (`pipeline.
+eval_streams`): the per-frame function is `jax.jit`-ed on one device and
+`jax.pmap`-ed over the streams on several. Each frame's gathered feature
+stays on its device as the next frame's reference, so the backbone runs
+once per frame; the first frame of a video is its own reference with zero
+flow (the same compiled function). The input pipeline reads the next
+frames and computes their flow while the model runs, and the host work of
+a frame (tracker, panoptic fusion, writing) overlaps the model's next step.
+
+Per frame on the host: the valid panoptic detections go to the tracker
+(`tracker.create(config)`), the panoptic map is resolved against the
+semantic head and turned into segments (`panoptic`), and annotated frames
+(every frame with `config.inference.write_all_frames`) are written in the
+evaluation layout (`writers.PredictionWriter`).
+"""
+
+import collections
+import time
+from typing import Callable, Dict, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from data_pipeline import pipeline
+from vpsnet_jax.inference import panoptic
+from vpsnet_jax.inference import tracker as tracker_lib
+from vpsnet_jax.inference import writers
+from vpsnet_jax.modeling import vpsnet
+
+# Model outputs the host needs (the gathered feature stays on the device).
+HOST_KEYS = ("boxes", "scores", "classes", "valid", "keep", "embeddings",
+             "panoptic", "semantic")
+
+
+def quarter_flow(flow: np.ndarray) -> np.ndarray:
+  """NumPy `vpsnet.quarter_flow` of [..., H, W, 2] flow (host side)."""
+  *lead, h, w, _ = flow.shape
+  f = flow.reshape(*lead, h // 4, 4, w // 4, 4, 2)
+  return (f.mean(axis=(-4, -2)) / 4.0).astype(np.float32)
+
+
+class FrameModel:
+  """VPSNet's per-frame inference with its variables on the devices.
+
+  `step(images, image_size, flow, has_reference)` takes arrays [G, ...]
+  (G = number of devices = streams): images (G, H, W, 3), image_size
+  (G, 2), flow (G, H/4, W/4, 2), has_reference (G,); it returns the
+  `HOST_KEYS` outputs of `VPSNet.infer` as NumPy [G, ...], after carrying
+  each stream's gathered feature to its next step on the device.
+  """
+
+  def __init__(self, model: vpsnet.VPSNet, variables, devices=None):
+    self.model = model
+    self.devices = list(devices or jax.local_devices())
+    self.num_streams = len(self.devices)
+    self.compiles = 0
+
+    def frame_fn(variables, images, image_size, ref_gathered, flow,
+                 has_reference):
+      self.compiles += 1  # Runs once per trace.
+      out = model.apply(variables, images, image_size, ref_gathered, flow,
+                        has_reference, method=model.infer)
+      out["panoptic"] = out["panoptic"].astype(jnp.int32)
+      out["semantic"] = out["semantic"].astype(jnp.uint8)
+      return out
+
+    self.host_variables = variables
+    if self.num_streams == 1:
+      self._fn = jax.jit(frame_fn)
+      self.variables = jax.device_put(variables, self.devices[0])
+    else:
+      def per_device(variables, images, image_size, ref_gathered, flow,
+                     has_reference):
+        out = frame_fn(variables, images[None], image_size[None],
+                       ref_gathered[None], flow[None], has_reference[None])
+        return jax.tree_util.tree_map(lambda x: x[0], out)
+      self._fn = jax.pmap(per_device, devices=self.devices)
+      # Inputs take the sharding of pmap's own outputs, so that the carried
+      # feature (a pmap output) and fresh inputs never retrace.
+      self._sharding = jax.pmap(lambda x: x, devices=self.devices)(
+          np.zeros((self.num_streams,), np.float32)).sharding
+      self.variables = jax.tree_util.tree_map(
+          lambda x: self._put(np.broadcast_to(
+              np.asarray(x), (self.num_streams,) + np.shape(x))), variables)
+    self._gathered = None
+
+  def _put(self, x):
+    """Host [G, ...] -> the devices (split over them when G > 1)."""
+    if self.num_streams == 1:
+      return jax.device_put(x, self.devices[0])
+    return jax.device_put(x, self._sharding)
+
+  def dispatch(self, images, image_size, flow, has_reference):
+    """Starts one step (asynchronously); returns its device outputs."""
+    images = np.asarray(images, np.float32)
+    if self._gathered is None or self._gathered.shape[1:3] != (
+        images.shape[1] // 4, images.shape[2] // 4):
+      g = jax.eval_shape(
+          lambda v, i, s: self.model.apply(v, i, s, method=self.model.infer),
+          self.host_variables,
+          jax.ShapeDtypeStruct((1,) + images.shape[1:], jnp.float32),
+          jax.ShapeDtypeStruct((1, 2), jnp.int32))["gathered"]
+      self._gathered = self._put(np.zeros((self.num_streams,) + g.shape[1:],
+                                          g.dtype))
+    out = self._fn(self.variables, self._put(images),
+                   self._put(np.asarray(image_size, np.int32)),
+                   self._gathered, self._put(np.asarray(flow, np.float32)),
+                   self._put(np.asarray(has_reference, bool)))
+    self._gathered = out["gathered"]
+    return out
+
+  @staticmethod
+  def fetch(out) -> Dict[str, np.ndarray]:
+    """Waits for a dispatched step; its host outputs as NumPy [G, ...]."""
+    return jax.device_get({k: out[k] for k in HOST_KEYS})
+
+  def step(self, images, image_size, flow, has_reference):
+    return self.fetch(self.dispatch(images, image_size, flow, has_reference))
+
+
+def needs_flow(config) -> bool:
+  """Whether inference reads the initial flow (fusing variants, IoU-Match,
+  the mask-IoU cue)."""
+  return (vpsnet.VARIANTS[config.variant].fuse or
+          config.tracker == "iou_match" or
+          (config.tracker == "track_head" and
+           config.tracking.mask_iou_weight != 0))
+
+
+class FrameResult:
+  """One frame's result handed to `on_frame` hooks."""
+
+  def __init__(self, image_id, video_id, frame_index, annotated, ids,
+               segments, image):
+    self.image_id, self.video_id, self.frame_index = (image_id, video_id,
+                                                      frame_index)
+    self.annotated, self.ids, self.segments = annotated, ids, segments
+    self.image = image
+
+
+def predict_videos(config, model: FrameModel, source,
+                   index: pipeline.FrameIndex, image_ids: Sequence[str],
+                   out_dir: str, meta, *, write_all: Optional[bool] = None,
+                   progress: bool = True,
+                   on_frame: Optional[Callable[[FrameResult], None]] = None
+                   ) -> Dict[str, float]:
+  """Runs online inference over every video of `source` and writes the
+  predictions of its annotated frames (or all frames) to `out_dir`.
+
+  Args:
+    config: the experiment config (variant, tracker, tracking, inference,
+      input.flow, input.size_divisor).
+    model: a `FrameModel`.
+    source, index: a random-access frame source and its `FrameIndex`.
+    image_ids: the image id of every record of `source`.
+    out_dir: where `pan_pred/` and `pred.json` go.
+    meta: the dataset's `metadata.DatasetMeta`.
+    write_all: write every frame (default config.inference.write_all_frames).
+    progress: a progress bar over frames.
+    on_frame: called with a `FrameResult` after each frame.
+
+  Returns:
+    {"frames", "written", "seconds", "fps"} and the seconds spent in each
+    stage: "model" (waiting for the device), "tracker", "fusion", "write"
+    and "input" (waiting for the pipeline).
+  """
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  import tqdm  # pylint: disable=g-import-not-at-top
+  cfg = model.model.cfg
+  if write_all is None:
+    write_all = config.inference.write_all_frames
+  flow_mode = config.input.flow if needs_flow(config) else "none"
+  # Whoever runs inference reads every video (multi-process training
+  # evaluates on process 0 alone: VPQ needs every video's predictions).
+  dataset = pipeline.eval_dataset(
+      source, index, flow=flow_mode, size_divisor=config.input.size_divisor,
+      num_streams=model.num_streams, process_index=0, process_count=1)
+  streams = model.num_streams
+  trackers = [tracker_lib.create(config, cfg.offset) for _ in range(streams)]
+  current = [None] * streams
+  categories = [c.id for c in meta.categories]
+  writer = writers.PredictionWriter(out_dir)
+  times = collections.defaultdict(float)
+  total = int(np.sum(pipeline.eval_streams(index, streams)[1]))
+  bar = tqdm.tqdm(total=total, desc="inference", unit="frame",
+                  disable=not progress)
+  counts = {"frames": 0, "written": 0}
+
+  def finish(batch, out):
+    t0 = time.perf_counter()
+    host = FrameModel.fetch(out)
+    times["model"] += time.perf_counter() - t0
+    for g in range(streams):
+      if not batch["valid"][g]:
+        continue
+      video = int(batch["video_id"][g])
+      if video != current[g]:
+        trackers[g].reset()
+        current[g] = video
+      h, w = (int(v) for v in batch["orig_size"][g])
+      n = int(np.sum(host["valid"][g]))
+      t0 = time.perf_counter()
+      resolved = panoptic.resolve(
+          host["panoptic"][g][:h, :w], host["semantic"][g][:h, :w],
+          host["classes"][g], cfg.stuff_channels, cfg.thing_channels)
+      t1 = time.perf_counter()
+      dets = tracker_lib.Detections(
+          host["boxes"][g][:n], host["scores"][g][:n],
+          host["classes"][g][:n], host["embeddings"][g][:n],
+          instance_map=resolved.instance_map,
+          flow=batch["flow"][g][:h, :w] if "flow" in batch else None)
+      ids = np.zeros(len(host["scores"][g]), np.int64)
+      ids[:n] = trackers[g].assign(dets)
+      t2 = time.perf_counter()
+      seg_ids, table = panoptic.segments(
+          resolved, ids, categories, cfg.thing_channels,
+          config.inference.stuff_area_limit)
+      t3 = time.perf_counter()
+      image_id = image_ids[int(batch["record"][g])]
+      annotated = bool(batch["annotated"][g])
+      if annotated or write_all:
+        writer.write(image_id, seg_ids, table)
+        counts["written"] += 1
+      t4 = time.perf_counter()
+      times["fusion"] += (t1 - t0) + (t3 - t2)
+      times["tracker"] += t2 - t1
+      times["write"] += t4 - t3
+      if on_frame is not None:
+        on_frame(FrameResult(image_id, video, int(batch["frame_index"][g]),
+                             annotated, seg_ids, table,
+                             batch["image"][g][:h, :w]))
+      counts["frames"] += 1
+      bar.update(1)
+
+  start = time.perf_counter()
+  pending = None
+  iterator = iter(tfds.as_numpy(dataset))
+  while True:
+    t0 = time.perf_counter()
+    batch = next(iterator, None)
+    times["input"] += time.perf_counter() - t0
+    if batch is None:
+      break
+    flow = (quarter_flow(batch["flow"]) if "flow" in batch else np.zeros(
+        batch["image"].shape[:3] + (2,), np.float32)[:, ::4, ::4])
+    has_ref = batch["frame_index"] != batch["ref_frame_index"]
+    out = model.dispatch(batch["image"], batch["orig_size"], flow, has_ref)
+    if pending is not None:
+      finish(*pending)
+    pending = (batch, out)
+  if pending is not None:
+    finish(*pending)
+  t0 = time.perf_counter()
+  writer.close()
+  times["write"] += time.perf_counter() - t0
+  bar.close()
+  seconds = time.perf_counter() - start
+  return dict(counts, seconds=seconds,
+              fps=counts["frames"] / max(seconds, 1e-9), **times)

@@ -1,0 +1,185 @@
+"""Inference entry points (main.py's modes; notebooks call the same).
+
+  evaluate(config, workdir)   VPQ of the latest checkpoint on the validation
+                              split: predictions in WORKDIR/predictions,
+                              the table printed, WORKDIR/vpq.json, clu logs
+  predict(config, workdir)    any folder of ordered frames
+                              (config.predict.frames_dir): panoptic PNGs,
+                              pred.json with track ids, a colourised GIF
+                              and MP4
+"""
+
+import json
+import os
+from typing import Any, Dict, Optional, Sequence
+
+from absl import logging
+import jax
+import numpy as np
+from PIL import Image
+
+from vpsnet_jax.inference import online
+from vpsnet_jax.inference import panoptic
+from vpsnet_jax.inference import writers
+from vpsnet_jax.modeling import vpsnet
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+
+def build_model(config, meta, variables=None, workdir: Optional[str] = None
+                ) -> online.FrameModel:
+  """The `FrameModel` of config.variant with `variables` (default: the
+  latest checkpoint of `workdir`)."""
+  from vpsnet_jax.train import tasks  # pylint: disable=g-import-not-at-top
+  from vpsnet_jax.train import train  # pylint: disable=g-import-not-at-top
+  if variables is None:
+    if workdir is None:
+      raise ValueError("build_model needs variables or a workdir")
+    variables, step = train.load_variables(
+        config, workdir, tasks.create_task(config, meta))
+    logging.info("Inference with the checkpoint of step %d", step)
+  model = vpsnet.VPSNet(tasks.model_config(config, meta))
+  return online.FrameModel(model, variables)
+
+
+def evaluate(config, workdir: str, variables=None, step: Optional[int] = None,
+             progress: bool = True, writer=None) -> Dict[str, Any]:
+  """Online inference on the validation split of config.dataset, then VPQ.
+
+  Args:
+    config: the experiment config.
+    workdir: predictions go to WORKDIR/predictions, the table to
+      WORKDIR/vpq.json; the checkpoint comes from WORKDIR/checkpoints
+      unless `variables` are given.
+    variables: {"params", "batch_stats"} to evaluate instead.
+    step: the training step to log the scores at (clu `writer`).
+    progress: progress bars.
+    writer: a clu metric writer for the scores (vpq/k{k}/{all,things,stuff}
+      and vpq/{all,things,stuff}).
+
+  Returns:
+    `eval.vpq`'s result dict plus "inference" (frames, seconds, per-stage
+    seconds).
+  """
+  from eval import vpq  # pylint: disable=g-import-not-at-top
+  from vpsnet_jax.train import input as input_lib  # pylint: disable=g-import-not-at-top
+  from vpsnet_jax.train import train  # pylint: disable=g-import-not-at-top
+  train.validate_config(config, inference=True)
+  meta = input_lib.meta(config)
+  source, index = input_lib.open_split(config, workdir, "val")
+  layout = source.reader.layout
+  if not layout.panoptic_json or not layout.panoptic_dir:
+    raise ValueError(f"{config.dataset.name}'s validation split has no "
+                     "panoptic ground truth for VPQ")
+  root = source.reader.root
+  gt_json = os.path.join(root, layout.panoptic_json)
+  gt_dir = os.path.join(root, layout.panoptic_dir)
+  model = build_model(config, meta, variables, workdir)
+  pred_dir = os.path.join(workdir, "predictions")
+  stats = online.predict_videos(config, model, source, index,
+                                source.image_ids, pred_dir, meta,
+                                progress=progress)
+  details = {}
+  result = vpq.evaluate_folder(gt_json, gt_dir, pred_dir, ks=config.eval.ks,
+                               stride=config.eval.stride, progress=progress,
+                               details=details)
+  print(vpq.format_table(result, details))
+  with open(os.path.join(workdir, "vpq.json"), "w") as f:
+    json.dump(result, f, indent=2)
+  print(f"Predictions in {pred_dir}; VPQ written to "
+        f"{os.path.join(workdir, 'vpq.json')} ({stats['frames']} frames, "
+        f"{stats['fps']:.2f} frames/s)")
+  if writer is not None:
+    scalars = {f"vpq/{g}": result["vpq"][g] for g in result["vpq"]}
+    for k, r in result["k"].items():
+      scalars.update({f"vpq/k{k}/{g}": r[g]
+                      for g in ("all", "things", "stuff")})
+    writer.write_scalars(step or 0, scalars)
+    writer.flush()
+  return dict(result, inference=stats)
+
+
+class FolderSource:
+  """A folder of ordered frames (one video) as a random-access source."""
+
+  def __init__(self, frames_dir: str):
+    if not os.path.isdir(frames_dir):
+      raise FileNotFoundError(f"config.predict.frames_dir={frames_dir!r} is "
+                              "not a folder")
+    names = sorted(n for n in os.listdir(frames_dir)
+                   if n.lower().endswith(IMAGE_SUFFIXES))
+    if not names:
+      raise ValueError(f"{frames_dir} has no frames ({', '.join(IMAGE_SUFFIXES)}"
+                       " files)")
+    self.paths = [os.path.join(frames_dir, n) for n in names]
+    self.image_ids = [os.path.splitext(n)[0] for n in names]
+
+  def __len__(self):
+    return len(self.paths)
+
+  def __getitem__(self, i):
+    i = int(i)
+    try:
+      with Image.open(self.paths[i]) as img:
+        image = np.asarray(img.convert("RGB"))
+    except Exception as e:  # PIL raises many types for bad files.
+      raise ValueError(f"{self.paths[i]}: unreadable image: {e}") from e
+    return {"image": image, "image_id": self.image_ids[i], "video_id": 1,
+            "frame_index": i + 1, "annotated": True}
+
+  def index(self):
+    from data_pipeline import pipeline  # pylint: disable=g-import-not-at-top
+    n = len(self.paths)
+    return pipeline.FrameIndex(np.ones(n, np.int32),
+                               np.arange(1, n + 1, dtype=np.int32),
+                               np.ones(n, bool))
+
+
+def predict(config, workdir: str, variables=None, progress: bool = True
+            ) -> Dict[str, Any]:
+  """Online inference on config.predict.frames_dir (sorted file names are
+  the frame order). Writes to config.predict.output_dir (default
+  WORKDIR/predict): pan_pred/*.png and pred.json (segments with their
+  category and track id), panoptic.gif and panoptic.mp4 (colours fixed
+  per track id, blended over the frames). Returns the paths and timing."""
+  from data_pipeline import visualize  # pylint: disable=g-import-not-at-top
+  from vpsnet_jax.train import input as input_lib  # pylint: disable=g-import-not-at-top
+  from vpsnet_jax.train import train  # pylint: disable=g-import-not-at-top
+  train.validate_config(config, inference=True)
+  if not config.predict.frames_dir:
+    raise ValueError("--mode=predict needs --config.predict.frames_dir=DIR "
+                     "(a folder of ordered frames)")
+  if config.input.flow == "ground_truth" and online.needs_flow(config):
+    raise ValueError("config.input.flow='ground_truth' exists only for "
+                     "vps_synthetic's own frames; use "
+                     "--config.input.flow=dis for a folder of frames")
+  meta = input_lib.meta(config)
+  source = FolderSource(config.predict.frames_dir)
+  out_dir = config.predict.output_dir or os.path.join(workdir, "predict")
+  os.makedirs(out_dir, exist_ok=True)
+  model = build_model(config, meta, variables, workdir)
+  video = writers.VideoWriter(os.path.join(out_dir, "panoptic"),
+                              fps=config.predict.fps)
+  id_to_train = meta.id_to_train_id
+
+  def on_frame(frame):
+    values = panoptic.panoptic_values(frame.ids, frame.segments, id_to_train)
+    image = np.clip(np.asarray(frame.image) * _STD + _MEAN, 0, 255)
+    video.add(visualize.colorize(values, meta, image=image))
+
+  stats = online.predict_videos(config, model, source, source.index(),
+                                source.image_ids, out_dir, meta,
+                                write_all=True, progress=progress,
+                                on_frame=on_frame)
+  paths = video.close()
+  print(f"Predicted {stats['frames']} frames ({stats['fps']:.2f} frames/s): "
+        f"{out_dir}/pan_pred, {out_dir}/pred.json, {', '.join(paths)}")
+  return {"out_dir": out_dir, "videos": paths, "inference": stats}
+
+
+def _norm():
+  from data_pipeline import transforms  # pylint: disable=g-import-not-at-top
+  return transforms.STD, transforms.MEAN
+
+
+_STD, _MEAN = _norm()
