@@ -3,9 +3,10 @@
 Every dataset is described by a `DatasetMeta`: its categories (dataset ids,
 names, thing/stuff flags, display colours) in the order of the contiguous
 train ids the model predicts. Category id 0 is a real class in
-Cityscapes-VPS and in the synthetic dataset (road); void is never a category
-id: it is the segment id 0 in RGB-encoded panoptic PNGs and the label 255 in
-semantic label maps.
+Cityscapes-VPS and in the synthetic dataset (road); Cityscapes uses the
+official label ids (7-33), which differ from its train ids. Void is never a
+category id: it is the segment id 0 in RGB-encoded panoptic PNGs and the
+label 255 in semantic label maps.
 """
 import dataclasses
 from typing import Dict, Tuple
@@ -83,6 +84,16 @@ CITYSCAPES_VPS = DatasetMeta('cityscapes_vps', _cats([
     (18, 'bicycle', 1, (119, 11, 32)),
 ]))
 
+# Cityscapes (official panoptic layout, cityscapesScripts'
+# `createPanopticImgs`): the same 19 classes, order and colours as
+# Cityscapes-VPS, with the official label ids (road 7 ... bicycle 33) as
+# category ids.
+CITYSCAPES_LABEL_IDS = (7, 8, 11, 12, 13, 17, 19, 20, 21, 22, 23, 24, 25, 26,
+                        27, 28, 31, 32, 33)
+CITYSCAPES = DatasetMeta('cityscapes', tuple(
+    dataclasses.replace(c, id=i)
+    for c, i in zip(CITYSCAPES_VPS.categories, CITYSCAPES_LABEL_IDS)))
+
 # VIPER in the reformatted video-panoptic layout of the VPSNet release: 23
 # classes, ids 0-22, 13 stuff (0-12) then 10 things (13-22).
 VIPER = DatasetMeta('viper', _cats([
@@ -124,11 +135,13 @@ SYNTHETIC = DatasetMeta('vps_synthetic', _cats([
     (7, 'truck', 1, (0, 0, 70)),
 ]))
 
-DATASETS = {m.name: m for m in (CITYSCAPES_VPS, VIPER, SYNTHETIC)}
+DATASETS = {m.name: m for m in (CITYSCAPES_VPS, CITYSCAPES, VIPER,
+                                  SYNTHETIC)}
 
 
 def get(name: str) -> DatasetMeta:
-  """Metadata by dataset name ('cityscapes_vps', 'viper', 'vps_synthetic')."""
+  """Metadata by dataset name ('cityscapes_vps', 'cityscapes', 'viper',
+  'vps_synthetic')."""
   if name not in DATASETS:
     raise ValueError(f'Unknown dataset {name!r}; known: {sorted(DATASETS)}')
   return DATASETS[name]
