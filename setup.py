@@ -23,7 +23,12 @@ INSTALL_REQUIRES = [
     "absl-py>=2.1,<3",
 ]
 
-TEST_REQUIRES = [
+# The Colab demos (notebooks/): plots.
+NOTEBOOK_REQUIRES = [
+    "matplotlib>=3.8,<4",
+]
+
+TEST_REQUIRES = NOTEBOOK_REQUIRES + [
     "pytest>=8,<10",
     # Independent references for parity tests (CPU only at test time).
     "torch==2.14.1",
@@ -45,6 +50,6 @@ setuptools.setup(
         include=["vpsnet_jax", "vpsnet_jax.*", "data_pipeline",
                  "data_pipeline.*", "eval", "eval.*", "configs"]),
     install_requires=INSTALL_REQUIRES,
-    extras_require={"test": TEST_REQUIRES},
+    extras_require={"test": TEST_REQUIRES, "notebooks": NOTEBOOK_REQUIRES},
     license="Apache-2.0",
 )
