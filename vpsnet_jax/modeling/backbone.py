@@ -18,6 +18,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from vpsnet_jax.ops import conv as conv_ops
+
 Dtype = Any
 
 # depth -> (block kind, blocks per stage)
@@ -56,9 +58,9 @@ class FrozenBatchNorm(nn.Module):
 
 def _conv(features, kernel, stride, dtype, name):
   pad = kernel // 2
-  return nn.Conv(features, (kernel, kernel), (stride, stride),
-                 padding=((pad, pad), (pad, pad)), use_bias=False,
-                 dtype=dtype, param_dtype=jnp.float32, name=name)
+  return conv_ops.Conv(features, (kernel, kernel), (stride, stride),
+                       padding=((pad, pad), (pad, pad)), use_bias=False,
+                       dtype=dtype, name=name)
 
 
 class BasicBlock(nn.Module):

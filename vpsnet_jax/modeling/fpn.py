@@ -17,6 +17,8 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
+from vpsnet_jax.ops import conv as conv_ops
+
 Dtype = Any
 
 
@@ -49,10 +51,9 @@ class FPN(nn.Module):
     (N, H_l, W_l, features)."""
     if self.num_outs < len(inputs):
       raise ValueError("num_outs must be at least the number of inputs")
-    conv = lambda k, name: nn.Conv(
+    conv = lambda k, name: conv_ops.Conv(
         self.features, (k, k), padding=((k // 2, k // 2),) * 2,
-        dtype=self.dtype, param_dtype=jnp.float32,
-        kernel_init=nn.initializers.xavier_uniform(),
+        dtype=self.dtype, kernel_init=nn.initializers.xavier_uniform(),
         bias_init=nn.initializers.zeros, name=name)
     laterals = [conv(1, f"lateral_{i}")(x.astype(self.dtype))
                 for i, x in enumerate(inputs)]

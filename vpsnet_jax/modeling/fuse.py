@@ -12,6 +12,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from vpsnet_jax.ops import conv as conv_ops
 from vpsnet_jax.ops.correlation import correlation
 from vpsnet_jax.ops.warp import warp
 
@@ -21,10 +22,12 @@ from vpsnet_jax.ops.warp import warp
 _XAVIER = nn.initializers.xavier_uniform()
 
 
-def _conv(features: int, size: int, dtype: Any, name: str) -> nn.Conv:
+def _conv(features: int, size: int, dtype: Any,
+          name: str) -> conv_ops.Conv:
   pad = (size - 1) // 2
-  return nn.Conv(features, (size, size), padding=((pad, pad), (pad, pad)),
-                 dtype=dtype, kernel_init=_XAVIER, name=name)
+  return conv_ops.Conv(features, (size, size),
+                       padding=((pad, pad), (pad, pad)), dtype=dtype,
+                       kernel_init=_XAVIER, name=name)
 
 
 def _lrelu(x: jnp.ndarray) -> jnp.ndarray:

@@ -14,6 +14,8 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
+from vpsnet_jax.ops import conv as conv_ops
+
 
 def _nearest_indices(in_size: int, out_size: int) -> np.ndarray:
   """torch `F.interpolate(mode='nearest')` source indices: floor(i*in/out)."""
@@ -94,7 +96,8 @@ class Refine(nn.Module):
 
   @nn.compact
   def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
-    x = nn.Conv(x.shape[-1], (3, 3), padding=((1, 1), (1, 1)),
-                dtype=self.dtype, kernel_init=nn.initializers.xavier_uniform(),
-                name="conv")(x)
+    x = conv_ops.Conv(x.shape[-1], (3, 3), padding=((1, 1), (1, 1)),
+                      dtype=self.dtype,
+                      kernel_init=nn.initializers.xavier_uniform(),
+                      name="conv")(x)
     return nn.relu(x)

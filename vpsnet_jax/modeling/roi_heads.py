@@ -16,6 +16,7 @@ import jax.numpy as jnp
 from vpsnet_jax import losses
 from vpsnet_jax.modeling import assign
 from vpsnet_jax.ops import boxes as box_ops
+from vpsnet_jax.ops import conv as conv_ops
 from vpsnet_jax.ops import masks as mask_ops
 from vpsnet_jax.ops import nms as nms_ops
 from vpsnet_jax.ops import roi_align as roi_ops
@@ -105,11 +106,12 @@ class MaskHead(nn.Module):
     kaiming = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
     x = roi_features.astype(self.dtype)
     for i in range(self.num_convs):
-      x = nn.relu(nn.Conv(self.conv_dim, (3, 3), padding=1, dtype=self.dtype,
-                          kernel_init=kaiming, name=f"conv{i + 1}")(x))
+      x = nn.relu(conv_ops.Conv(self.conv_dim, (3, 3), padding=1,
+                                dtype=self.dtype, kernel_init=kaiming,
+                                name=f"conv{i + 1}")(x))
     x = nn.relu(Upsample2x(self.conv_dim, dtype=self.dtype, name="deconv")(x))
-    x = nn.Conv(self.num_classes, (1, 1), dtype=self.dtype,
-                kernel_init=kaiming, name="logits")(x)
+    x = conv_ops.Conv(self.num_classes, (1, 1), dtype=self.dtype,
+                      kernel_init=kaiming, name="logits")(x)
     return x.astype(jnp.float32)
 
 

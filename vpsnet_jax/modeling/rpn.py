@@ -15,6 +15,7 @@ import jax.numpy as jnp
 from vpsnet_jax import losses
 from vpsnet_jax.modeling import assign
 from vpsnet_jax.ops import boxes as box_ops
+from vpsnet_jax.ops import conv as conv_ops
 from vpsnet_jax.ops import nms as nms_ops
 
 Dtype = Any
@@ -48,9 +49,9 @@ class RPNHead(nn.Module):
       deltas: L arrays (N, H_l * W_l * A, 4) float32.
     """
     init = nn.initializers.normal(0.01)  # mmdet v1 normal_init(std=0.01)
-    conv = lambda f, k, name: nn.Conv(
+    conv = lambda f, k, name: conv_ops.Conv(
         f, (k, k), padding=((k // 2, k // 2),) * 2, dtype=self.dtype,
-        param_dtype=jnp.float32, kernel_init=init,
+        kernel_init=init,
         bias_init=nn.initializers.zeros, name=name)
     shared = conv(self.features, 3, "rpn_conv")
     cls = conv(self.num_anchors, 1, "rpn_cls")

@@ -12,6 +12,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from vpsnet_jax.ops import conv as conv_ops
 from vpsnet_jax.ops.deform_conv import deform_conv2d
 
 
@@ -31,9 +32,11 @@ class DeformConv(nn.Module):
 
   @nn.compact
   def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
-    offset = nn.Conv(18, (3, 3), padding=((1, 1), (1, 1)), dtype=self.dtype,
-                     kernel_init=nn.initializers.zeros,
-                     bias_init=nn.initializers.zeros, name="offset")(x)
+    offset = conv_ops.Conv(18, (3, 3), padding=((1, 1), (1, 1)),
+                           dtype=self.dtype,
+                           kernel_init=nn.initializers.zeros,
+                           bias_init=nn.initializers.zeros,
+                           name="offset")(x)
     kernel = self.param("kernel", nn.initializers.kaiming_normal(),
                         (3, 3, x.shape[-1], self.features), jnp.float32)
     return deform_conv2d(x.astype(self.dtype), offset.astype(jnp.float32),
@@ -86,8 +89,8 @@ class SemanticHead(nn.Module):
     outs = [_upsample(stack(p), (h, w)) if i else stack(p)
             for i, p in enumerate(levels)]
     x = jnp.concatenate(outs, axis=-1)
-    logits = nn.Conv(self.num_classes, (1, 1), dtype=self.dtype,
-                     name="logits")(x).astype(jnp.float32)
+    logits = conv_ops.Conv(self.num_classes, (1, 1), dtype=self.dtype,
+                           name="logits")(x).astype(jnp.float32)
     full = _upsample(logits, (h * self.upsample, w * self.upsample))
     return logits, full
 
