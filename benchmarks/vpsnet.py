@@ -8,7 +8,9 @@ Shapes default to the semantic head's first deformable conv at P2 for a
 Ours, torchvision's and the plain conv run on the same inputs, interleaved
 (one of each per round) so that other load on the machine hits all of them;
 the table reports medians. The correlation and Fuse rows run on gathered
-features of Cin channels at HxW (the neck's P2 map). Peak memory is the growth of the peak resident
+features of Cin channels at HxW (the neck's P2 map); the VPSNet rows time
+the whole per-frame inference (`VPSNet.infer`, ResNet-50, random weights) of
+the `base` and `fuse` variants on the same 512x1024 input. Peak memory is the growth of the peak resident
 set over the first call in a fresh process (VmHWM after resetting it, minus
 VmRSS before), inputs already built and JAX functions already compiled.
 
@@ -34,7 +36,6 @@ from vpsnet_jax.modeling.fuse import Fuse
 from vpsnet_jax.ops.correlation import correlation
 from vpsnet_jax.ops.deform_conv import deform_conv2d
 
-FUSE_ROW = "not available until the assembled VPSNet model lands (issue 6)"
 
 
 def make_inputs(n, h, w, cin, cout, seed=0):
@@ -130,6 +131,44 @@ def time_video_parts(n, h, w, c, repeats):
   return rows
 
 
+def time_fuse_vs_base(height, width, repeats):
+  """Median `VPSNet.infer` time of the `fuse` and `base` variants (the
+  paper's ResNet-50 model, random weights, same input, the fuse variant
+  with a reference and a flow), and their compile times."""
+  from configs import default  # pylint: disable=g-import-not-at-top
+  from data_pipeline import metadata  # pylint: disable=g-import-not-at-top
+  from vpsnet_jax.modeling import vpsnet  # pylint: disable=g-import-not-at-top
+  from vpsnet_jax.train import tasks  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(2)
+  images = rng.standard_normal((1, height, width, 3)).astype(np.float32)
+  size = np.array([[height, width]], np.int32)
+  flow = rng.uniform(-2, 2, (1, height // 4, width // 4, 2)).astype(
+      np.float32)
+  rows = {}
+  for variant in ("base", "fuse"):
+    c = default.get_config()
+    c.variant = variant
+    model = vpsnet.VPSNet(tasks.model_config(c, metadata.CITYSCAPES_VPS))
+    variables = jax.jit(model.init)(jax.random.PRNGKey(0), images)
+    ref = np.asarray(jax.jit(lambda v, x: model.apply(
+        v, x, method=model.features))(variables, images)[0])
+    ref = rng.standard_normal(ref.shape).astype(np.float32)
+    fn = lambda v, i, s, r, f, h: model.apply(v, i, s, r, f, h,
+                                              method=model.infer)
+    args = (variables, images, size, ref, flow, np.ones((1,), bool))
+    t0 = time.perf_counter()
+    compiled = jax.jit(fn).lower(*args).compile()
+    compile_s = time.perf_counter() - t0
+    jax.block_until_ready(compiled(*args))
+    times = []
+    for _ in range(repeats):
+      t0 = time.perf_counter()
+      jax.block_until_ready(compiled(*args))
+      times.append(time.perf_counter() - t0)
+    rows[variant] = (compile_s, float(np.median(times)), min(times))
+  return rows
+
+
 def _status_mb(field):
   with open("/proc/self/status", encoding="ascii") as f:
     for line in f:
@@ -175,6 +214,10 @@ def main():
   parser.add_argument("--skip_memory", action="store_true")
   parser.add_argument("--skip_fuse", action="store_true",
                       help="skip timing the Fuse module and correlation")
+  parser.add_argument("--skip_model", action="store_true",
+                      help="skip the fuse-vs-base model inference timing")
+  parser.add_argument("--model_size", default="512,1024",
+                      help="H,W of the fuse-vs-base model timing")
   parser.add_argument("--peak_of", default=None,
                       help="internal: print the first-call peak of one op")
   args = parser.parse_args()
@@ -239,7 +282,16 @@ def main():
   if "ours_fwd_bwd" in med:
     print(f"fwd+bwd ours / torchvision: "
           f"{med['ours_fwd_bwd'] / med['torchvision_fwd_bwd']:.3f}")
-  print(f"fuse vs base extra inference time: {FUSE_ROW}")
+  if not args.skip_model:
+    mh, mw = (int(v) for v in args.model_size.split(","))
+    models = time_fuse_vs_base(mh, mw, max(1, args.repeats // 2))
+    for name in ("base", "fuse"):
+      compile_s, median_s, min_s = models[name]
+      label = f"VPSNet {name} infer {mh}x{mw} R50"
+      print(f"{label:<34}{compile_s:>10.2f}{median_s:>10.3f}{min_s:>9.3f}"
+            f"{'-':>9}")
+    extra = models["fuse"][1] / models["base"][1] - 1.0
+    print(f"fuse vs base extra inference time: {extra:+.1%} (target <= 25%)")
   print(f"deform_conv_time_ratio_vs_torchvision={ratio_tv:.4f}")
 
 

@@ -1,10 +1,15 @@
 """Quick start on the built-in synthetic dataset (no download, CPU friendly).
 
   python main.py --config=configs/synthetic.py --workdir=/tmp/vpsnet_synthetic
-      [--mode=example|train|train_and_evaluate]
 
-A ResNet-18 Mask R-CNN with small heads on 128x256 frames; a few hundred
-steps on a CPU show the losses falling.
+trains the full VPSNet (`fusetrack`) on `vps_synthetic` (written to
+WORKDIR/data on first use) and evaluates it online on the validation videos
+(VPQ). ResNet-18 with narrow heads on 128x256 frames, 2000 steps of batch 1:
+about 16 minutes on a 2-core CPU, image PQ ~77 and VPQ ~69 on the synthetic
+validation set (README). From scratch on this budget AdamW learns much
+faster than the paper's SGD recipe (the track head hardly moves under SGD
+in 1500 steps), so this config switches the optimizer; the paper's configs
+keep SGD.
 """
 
 import ml_collections
@@ -14,13 +19,13 @@ from configs import default
 
 def get_config() -> ml_collections.ConfigDict:
   config = default.get_config()
+  config.variant = "fusetrack"
   config.dataset.name = "vps_synthetic"
-  config.dataset.synthetic.num_train_videos = 4
+  config.dataset.synthetic.num_train_videos = 12
   config.dataset.synthetic.num_val_videos = 2
   config.dataset.synthetic.height = 128
   config.dataset.synthetic.width = 256
 
-  config.variant = "fusetrack"
   config.input.crop_size = (128, 256)
   config.input.scale_range = (0.9, 1.1)
   config.input.max_instances = 16
@@ -46,11 +51,14 @@ def get_config() -> ml_collections.ConfigDict:
   # 2048 pixels at 1024x2048 is 32 at 128x256.
   config.inference.stuff_area_limit = 32
 
-  config.num_train_steps = 300
-  config.base_learning_rate = 0.02
-  config.warmup_steps = 50
-  config.lr_decay_steps = (200, 270)
-  config.checkpoint_every_steps = 100
-  config.log_every_steps = 10
-  config.eval_every_steps = 100
+  # AdamW at 3e-4 for batch 1 (the learning rate still scales with the
+  # global batch: 0.0024 per 8 images).
+  config.optimizer = "adamw"
+  config.base_learning_rate = 0.0024
+  config.num_train_steps = 2000
+  config.warmup_steps = 100
+  config.lr_decay_steps = (1400, 1800)
+  config.checkpoint_every_steps = 500
+  config.log_every_steps = 50
+  config.eval_every_steps = 1000
   return config

@@ -15,7 +15,6 @@ from data_pipeline import metadata
 from data_pipeline import synthetic
 from data_pipeline import transforms
 from tests import vps_tiny
-from vpsnet_jax.modeling import neck
 from vpsnet_jax.modeling import vpsnet
 from vpsnet_jax.ops.warp import warp
 from vpsnet_jax.train import input as input_lib
@@ -139,29 +138,33 @@ def test_first_frame_is_its_own_reference(pairs):
 
 
 def test_exact_flow_aligns_reference_features():
-  """With the synthetic data's exact flow at 1/4 scale, the warped
-  reference's gathered features match the target's better than unwarped."""
+  """Warped by the synthetic data's exact flow (at 1/4 scale), the
+  reference frame's features line up with the target's better than
+  unwarped, for every frame pair. Features: P2 of the (random) backbone +
+  FPN at 128x256, the scale the align module warps at (the random model's
+  gathered map itself is dominated by nearest-upsampled P5-P6 blocks,
+  which do not move with the content)."""
   video = synthetic.generate_video(
-      synthetic.SyntheticConfig(height=64, width=128), 0, "train", 0)
+      synthetic.SyntheticConfig(height=128, width=256), 1, "train", 0)
   c = compiled("base")
-  t, r = 20, 15  # 1-based frame indices, target and reference
-  images = np.stack([transforms.normalize(video.frames[t - 1]),
-                     transforms.normalize(video.frames[r - 1])])
+  features = jax.jit(lambda v, x: c.model.apply(
+      v, x, method=c.model.features)[0])
+  ratios = []
+  for t, r in ((20, 15), (10, 5), (25, 20), (30, 25), (15, 10)):
+    images = np.stack([transforms.normalize(video.frames[t - 1]),
+                       transforms.normalize(video.frames[r - 1])])
+    p2 = np.asarray(features(c.variables, images))
+    flow, visible = synthetic.flow_between(video, t, r)
+    flow_q = vpsnet.quarter_flow(flow[None])
+    assert np.abs(flow_q).max() > 1.0  # The frames really moved.
+    aligned = np.asarray(warp(jnp.asarray(p2[1:]), flow_q))[0]
+    vis = visible.reshape(32, 4, 64, 4).all(axis=(1, 3))
+    err = lambda a: np.mean((a - p2[0]) ** 2, axis=-1)[vis].mean()
+    ratios.append(err(aligned) / err(p2[1]))
+  assert max(ratios) < 0.97 and np.mean(ratios) < 0.9, ratios
 
-  def gathered(variables, x):
-    return neck.gather(c.model.apply(variables, x,
-                                     method=c.model.features))
 
-  g = np.asarray(jax.jit(gathered)(c.variables, images))
-  flow, visible = synthetic.flow_between(video, t, r)
-  flow_q = vpsnet.quarter_flow(flow[None])
-  aligned = np.asarray(warp(jnp.asarray(g[1:]), flow_q))[0]
-  vis = visible.reshape(16, 4, 32, 4).all(axis=(1, 3))
-  vis[:2], vis[-2:], vis[:, :2], vis[:, -2:] = False, False, False, False
-  err_warped = np.mean((aligned - g[0]) ** 2, axis=-1)[vis].mean()
-  err_plain = np.mean((g[1] - g[0]) ** 2, axis=-1)[vis].mean()
-  assert np.abs(flow_q).max() > 1.0  # The frames really moved.
-  assert err_warped < 0.5 * err_plain, (err_warped, err_plain)
+STEPS = 120
 
 
 def test_overfits_pairs_and_track_head_matches(pairs):
@@ -172,17 +175,17 @@ def test_overfits_pairs_and_track_head_matches(pairs):
   opt = tx.init(params)
 
   @jax.jit
-  def step(params, opt, batch, key):
-    (_, metrics), grads = c.grad(params, batch, key)
+  def update(params, opt, grads):
     grads = jax.tree_util.tree_map(lambda g, m: g if m else jnp.zeros_like(g),
                                    grads, mask)
     updates, opt = tx.update(grads, opt, params)
-    return optax.apply_updates(params, updates), opt, metrics
+    return optax.apply_updates(params, updates), opt
 
   history = []
-  for i in range(160):
-    params, opt, metrics = step(params, opt, pairs[i % 2],
-                                jax.random.PRNGKey(i))
+  for i in range(STEPS):
+    # The module's compiled gradient function; no second compile.
+    (_, metrics), grads = c.grad(params, pairs[i % 2], jax.random.PRNGKey(i))
+    params, opt = update(params, opt, grads)
     history.append(jax.device_get(metrics))
   first = {k: np.mean([h[k] for h in history[:4]]) for k in history[0]}
   last = {k: np.mean([h[k] for h in history[-4:]]) for k in history[0]}

@@ -63,10 +63,12 @@ def test_main_trains_evaluates_and_writes_vpq(tmp_path):
               "images_per_sec", "steps_per_sec", "eval_semantic_miou",
               "vpq/all", "vpq/k0/things"):
     assert _scalars(str(tmp_path), tag), tag
-  # lr 0.02 per 8 images, global batch 2 (2 devices x 1), warm-up from 1/3.
+  # The config's lr per 8 images, global batch 2 (2 devices x 1), warm-up
+  # from 1/3.
+  base = synthetic_config.get_config().base_learning_rate
   lr = _scalars(str(tmp_path), "learning_rate")
-  assert lr[1] == pytest.approx(0.02 * 2 / 8 / 3, rel=1e-5)
-  assert lr[14] == pytest.approx(0.02 * 2 / 8, rel=1e-5)
+  assert lr[1] == pytest.approx(base * 2 / 8 / 3, rel=1e-5)
+  assert lr[14] == pytest.approx(base * 2 / 8, rel=1e-5)
   assert sorted(os.listdir(tmp_path / "checkpoints")) == ["14", "7"]
   # Command-line overrides reached the model (the parameter overview lists
   # the FPN's 1x1 lateral conv on ResNet-18's 64-channel stage at width 32
@@ -157,4 +159,5 @@ def test_every_experiment_config_has_only_default_fields():
     assert not train._unknown_fields(c, default.get_config()), name  # pylint: disable=protected-access
     assert c.variant in tasks.VARIANTS and c.parallel in train.PARALLEL
     assert c.momentum == 0.9 and c.weight_decay == 1e-4
-    assert c.grad_clip_norm == 35.0 and c.warmup_steps in (50, 500)
+    assert c.grad_clip_norm == 35.0 and c.warmup_steps in (100, 500)
+    assert c.optimizer == ("adamw" if name == "synthetic" else "sgd")
