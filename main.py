@@ -127,9 +127,10 @@ def main(argv):
   result = train.train_and_evaluate(
       FLAGS.config, FLAGS.workdir,
       evaluate=FLAGS.mode == "train_and_evaluate")
+  vpq = result.get("vpq")
   print(json.dumps({"step": result["step"], "train": result["train"],
-                    "eval": result["eval"], "vpq": result.get("vpq")},
-                   indent=2))
+                    "eval": result["eval"],
+                    "vpq": vpq["vpq"] if vpq else None}, indent=2))
 
 
 if __name__ == "__main__":

@@ -194,3 +194,22 @@ def test_overfits_pairs_and_track_head_matches(pairs):
   acc = [float(c.grad(params, b, jax.random.PRNGKey(1000 + i))[0][1][
       "track_accuracy"]) for i, b in enumerate(pairs)]
   assert np.mean(acc) > 0.9, acc
+
+
+def test_bfloat16_compute_keeps_float32_parameters(pairs):
+  """model.dtype='bfloat16': float32 parameters and gradients, finite, and
+  the loss terms near float32's at the same parameters."""
+  f32 = compiled("fusetrack")
+  config = vps_tiny.config(model__dtype="bfloat16")
+  task = tasks.create_task(config, META)
+  params = f32.variables["params"]
+  grad = jax.jit(jax.value_and_grad(
+      lambda p, b, k: task.loss_fn(p, f32.variables["batch_stats"], b, k),
+      has_aux=True))
+  (loss, metrics), grads = grad(params, pairs[0], jax.random.PRNGKey(1))
+  (_, ref), _ = f32.grad(params, pairs[0], jax.random.PRNGKey(1))
+  for leaf in jax.tree_util.tree_leaves(grads):
+    assert leaf.dtype == jnp.float32 and np.all(np.isfinite(leaf))
+  for k in ("loss_semantic", "loss_panoptic", "loss_rpn_cls", "loss_mask",
+            "loss_track"):
+    assert float(metrics[k]) == pytest.approx(float(ref[k]), rel=0.1), k

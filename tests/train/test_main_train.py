@@ -80,8 +80,12 @@ def test_main_trains_evaluates_and_writes_vpq(tmp_path):
   vpq = json.loads((tmp_path / "vpq.json").read_text())
   assert out["vpq"] == vpq["vpq"]
   assert set(vpq["k"]) == {"0", "5", "10", "15"}
+  gt = json.loads((tmp_path / "data" /
+                   "panoptic_gt_val_city_vps.json").read_text())
+  names = sorted(a["image_id"] for a in gt["annotations"])
+  assert len(names) == 6
   assert sorted(os.listdir(tmp_path / "predictions" / "pan_pred")) == [
-      f"0001_{f:04d}_synthetic_000001_{f:06d}.png" for f in range(5, 31, 5)]
+      n + ".png" for n in names]
   pred = json.loads((tmp_path / "predictions" / "pred.json").read_text())
   assert len(pred["annotations"]) == 6
   assert "VPQ (mean over k = 0, 5, 10, 15)" in proc.stdout

@@ -11,7 +11,7 @@
 
 import json
 import os
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, Optional, Tuple
 
 from absl import logging
 import jax
@@ -27,11 +27,13 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 
 def build_model(config, meta, variables=None, workdir: Optional[str] = None
-                ) -> online.FrameModel:
+                ) -> Tuple[online.FrameModel, Optional[int]]:
   """The `FrameModel` of config.variant with `variables` (default: the
-  latest checkpoint of `workdir`)."""
+  latest checkpoint of `workdir`) and the checkpoint's step (None when
+  variables are given)."""
   from vpsnet_jax.train import tasks  # pylint: disable=g-import-not-at-top
   from vpsnet_jax.train import train  # pylint: disable=g-import-not-at-top
+  step = None
   if variables is None:
     if workdir is None:
       raise ValueError("build_model needs variables or a workdir")
@@ -39,7 +41,7 @@ def build_model(config, meta, variables=None, workdir: Optional[str] = None
         config, workdir, tasks.create_task(config, meta))
     logging.info("Inference with the checkpoint of step %d", step)
   model = vpsnet.VPSNet(tasks.model_config(config, meta))
-  return online.FrameModel(model, variables)
+  return online.FrameModel(model, variables), step
 
 
 def evaluate(config, workdir: str, variables=None, step: Optional[int] = None,
@@ -52,10 +54,11 @@ def evaluate(config, workdir: str, variables=None, step: Optional[int] = None,
       WORKDIR/vpq.json; the checkpoint comes from WORKDIR/checkpoints
       unless `variables` are given.
     variables: {"params", "batch_stats"} to evaluate instead.
-    step: the training step to log the scores at (clu `writer`).
+    step: the training step to log the scores at (default: the loaded
+      checkpoint's, else 0).
     progress: progress bars.
-    writer: a clu metric writer for the scores (vpq/k{k}/{all,things,stuff}
-      and vpq/{all,things,stuff}).
+    writer: the clu metric writer for the scores (vpq/k{k}/{all,things,
+      stuff} and vpq/{all,things,stuff}); default: a new one in `workdir`.
 
   Returns:
     `eval.vpq`'s result dict plus "inference" (frames, seconds, per-stage
@@ -74,7 +77,9 @@ def evaluate(config, workdir: str, variables=None, step: Optional[int] = None,
   root = source.reader.root
   gt_json = os.path.join(root, layout.panoptic_json)
   gt_dir = os.path.join(root, layout.panoptic_dir)
-  model = build_model(config, meta, variables, workdir)
+  model, loaded_step = build_model(config, meta, variables, workdir)
+  if step is None:
+    step = loaded_step
   pred_dir = os.path.join(workdir, "predictions")
   stats = online.predict_videos(config, model, source, index,
                                 source.image_ids, pred_dir, meta,
@@ -89,13 +94,13 @@ def evaluate(config, workdir: str, variables=None, step: Optional[int] = None,
   print(f"Predictions in {pred_dir}; VPQ written to "
         f"{os.path.join(workdir, 'vpq.json')} ({stats['frames']} frames, "
         f"{stats['fps']:.2f} frames/s)")
-  if writer is not None:
-    scalars = {f"vpq/{g}": result["vpq"][g] for g in result["vpq"]}
-    for k, r in result["k"].items():
-      scalars.update({f"vpq/k{k}/{g}": r[g]
-                      for g in ("all", "things", "stuff")})
-    writer.write_scalars(step or 0, scalars)
-    writer.flush()
+  if writer is None:
+    writer = train.create_writer(workdir)
+  scalars = {f"vpq/{g}": result["vpq"][g] for g in result["vpq"]}
+  for k, r in result["k"].items():
+    scalars.update({f"vpq/k{k}/{g}": r[g] for g in ("all", "things", "stuff")})
+  writer.write_scalars(step or 0, scalars)
+  writer.flush()
   return dict(result, inference=stats)
 
 
@@ -157,7 +162,7 @@ def predict(config, workdir: str, variables=None, progress: bool = True
   source = FolderSource(config.predict.frames_dir)
   out_dir = config.predict.output_dir or os.path.join(workdir, "predict")
   os.makedirs(out_dir, exist_ok=True)
-  model = build_model(config, meta, variables, workdir)
+  model, _ = build_model(config, meta, variables, workdir)
   video = writers.VideoWriter(os.path.join(out_dir, "panoptic"),
                               fps=config.predict.fps)
   id_to_train = meta.id_to_train_id

@@ -440,6 +440,13 @@ def save(manager: ocp.CheckpointManager, step: int, host_state) -> None:
 # -------------------------------------------------------------------- loop
 
 
+def create_writer(workdir: str):
+  """clu's default writer (TensorBoard events + console) in `workdir`;
+  processes other than 0 only log."""
+  return metric_writers.create_default_writer(
+      workdir, just_logging=jax.process_index() != 0, asynchronous=False)
+
+
 class NonFiniteLossError(FloatingPointError):
   pass
 
@@ -460,13 +467,15 @@ def run(config, workdir: str, task: tasks_lib.Task,
         train_iter_fn: Callable[[int, int], Iterator],
         eval_iter_fn: Optional[Callable[[int], Iterator]] = None,
         num_train_steps: Optional[int] = None,
-        decay_steps=None, devices=None) -> Dict[str, Any]:
+        decay_steps=None, devices=None, writer=None) -> Dict[str, Any]:
   """Trains `task` (and evaluates when eval_iter_fn is given).
 
   train_iter_fn(start_step, per_device_batch) yields NumPy batches
   [local_devices, per_device_batch, ...] from start_step on;
   eval_iter_fn(per_device_batch) yields one pass of validation batches.
   devices: a subset of the devices (single process; tests).
+  writer: a clu metric writer (default: `create_default_writer(workdir)`,
+    process 0 writes).
   Returns {'step', 'train' (last logged metrics), 'eval', 'history'
   (per-step metrics of this run), 'state' (host copy of the final state)}.
   """
@@ -492,8 +501,8 @@ def run(config, workdir: str, task: tasks_lib.Task,
   start = int(host_state.step)
 
   is_chief = jax.process_index() == 0
-  writer = metric_writers.create_default_writer(
-      workdir, just_logging=not is_chief, asynchronous=False)
+  if writer is None:
+    writer = create_writer(workdir)
   if start == 0:
     parameter_overview.log_parameter_overview(host_state.params)
     writer.write_hparams({k: v for k, v in config.to_dict().items()
@@ -586,18 +595,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     decay = [e * per_epoch for e in config.lr_decay_epochs]
     logging.info("%d steps per epoch: %d steps, lr decays at %s", per_epoch,
                  num_steps, decay)
+  writer = create_writer(workdir)
   result = run(
       config, workdir, task,
       lambda start, b: input_lib.train_batches(source, index, config, b,
                                                start),
       (lambda b: input_lib.eval_batches(*val, config, b)) if val else None,
-      num_train_steps=num_steps, decay_steps=decay)
+      num_train_steps=num_steps, decay_steps=decay, writer=writer)
   result["vpq"] = None
   if evaluate and jax.process_index() == 0:
     from vpsnet_jax.inference import run as inference  # pylint: disable=g-import-not-at-top
     state = result["state"]
-    writer = metric_writers.create_default_writer(workdir,
-                                                  asynchronous=False)
     result["vpq"] = inference.evaluate(
         config, workdir, {"params": state.params,
                           "batch_stats": state.batch_stats},
