@@ -46,9 +46,12 @@ def correlation(x1: jnp.ndarray, x2: jnp.ndarray,
   head = x2p[:, :, :wp].reshape(n, h + 2 * d, nb, bw, c)
   tail = x2p[:, :, bw:wp + bw].reshape(n, h + 2 * d, nb, bw, c)[:, :, :, :2 * d]
   b = jnp.concatenate([head, tail], axis=3)  # (n, h + 2d, nb, reach, c)
+  # Channels before the reach: every batched product is a plain A @ B
+  # (XLA's CPU matmuls run ~2x faster than on A @ B^T).
+  b = jnp.swapaxes(b, 3, 4)  # (n, h + 2d, nb, c, reach)
   outs = []
   for dy in range(size):
-    r = jnp.einsum("nhbic,nhbjc->nhbij", a, b[:, dy:dy + h])
+    r = jnp.einsum("nhbic,nhbcj->nhbij", a, b[:, dy:dy + h])
     # r[..., i, j] is pixel i against reach pixel j; the band j = i + dx.
     # Viewing the flat (bw * reach) block with row stride reach + 1 puts
     # r[i, i + dx] at [i, dx].
