@@ -41,9 +41,34 @@ def test_matches_lax_conv_values_and_gradients(shape, kernel, strides,
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("padding", [((1, 1), (1, 1)), ((0, 2), (1, 0))])
+def test_matmul_weight_gradient_matches_lax(monkeypatch, padding):
+  monkeypatch.setattr(conv_ops, "MATMUL_GRAD_MIN_FEATURES", 4)
+  monkeypatch.setattr(conv_ops, "MATMUL_GRAD_MIN_PIXELS", 64)
+  assert conv_ops.use_matmul_weight_grad((2, 16, 20, 3), 5, (1, 1)) == (
+      jax.default_backend() == "cpu")
+  rng = np.random.default_rng(1)
+  x = rng.standard_normal((2, 16, 20, 3)).astype(np.float32)
+  k = rng.standard_normal((3, 3, 3, 5)).astype(np.float32)
+  f = lambda a, b: jnp.sum(jnp.sin(conv_ops.conv2d(a, b, (1, 1), padding)))
+  r = lambda a, b: jnp.sum(jnp.sin(_reference(a, b, (1, 1), padding)))
+  np.testing.assert_allclose(jax.jit(lambda a, b: conv_ops.conv2d(
+      a, b, (1, 1), padding))(x, k), _reference(x, k, (1, 1), padding),
+                             rtol=1e-5, atol=1e-5)
+  for a, b in zip(jax.grad(f, argnums=(0, 1))(x, k),
+                  jax.grad(r, argnums=(0, 1))(x, k)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
 def test_path_choice():
   assert conv_ops.use_im2col(16, 16) == (jax.default_backend() == "cpu")
   assert not conv_ops.use_im2col(16, 17)
+  cpu = jax.default_backend() == "cpu"
+  assert conv_ops.use_matmul_weight_grad((1, 128, 256, 256), 256,
+                                         (1, 1)) == cpu
+  assert not conv_ops.use_matmul_weight_grad((1, 128, 256, 256), 256, (2, 2))
+  assert not conv_ops.use_matmul_weight_grad((1, 64, 128, 256), 256, (1, 1))
+  assert not conv_ops.use_matmul_weight_grad((1, 128, 256, 256), 128, (1, 1))
 
 
 def test_module_params_match_flax_conv():

@@ -8,10 +8,17 @@ many channels are 1.3-3x slower in forward + backward. Large maps are faster
 as native convolutions. `conv2d` therefore uses im2col + one matmul on the
 CPU when the input map has at most `IM2COL_MAX_PIXELS` pixels, and
 `lax.conv_general_dilated` otherwise and on every other backend (GPU/TPU).
+Its weight gradient is another slow path: for 256 output channels on maps
+of 32k pixels and more (the FPN, RPN and neck convolutions at P2 of a
+512x1024 image) XLA's CPU kernel takes 992 ms for a 3x3, 256 -> 256
+convolution on 128x256, against 519 ms as one contraction of the input's
+shifted copies with the output gradient, which `conv2d` then uses
+(`use_matmul_weight_grad`; stride 1; the input gradient stays XLA's).
 `Conv` is a drop-in for the `flax.linen.Conv` uses of this project: the same
 parameter names and shapes (`kernel` (kh, kw, Cin, Cout), `bias`), so the
 torchvision importers and checkpoints are unaffected.
 """
+import functools
 from typing import Any, Callable, Sequence, Tuple, Union
 
 import flax.linen as nn
@@ -21,6 +28,10 @@ import jax.numpy as jnp
 # Largest H * W of an input map computed as im2col + matmul on the CPU
 # (measured on a 2-core CPU with jax 0.10; see the module docstring).
 IM2COL_MAX_PIXELS = 256
+# Weight gradients as a matmul on the CPU from this many output channels
+# and batch * H * W pixels on (stride 1).
+MATMUL_GRAD_MIN_FEATURES = 256
+MATMUL_GRAD_MIN_PIXELS = 32768
 
 Padding = Union[str, int, Sequence[Tuple[int, int]]]
 
@@ -39,6 +50,48 @@ def use_im2col(height: int, width: int) -> bool:
   """Whether `conv2d` takes the im2col path for an input of this size."""
   return (jax.default_backend() == "cpu" and
           height * width <= IM2COL_MAX_PIXELS)
+
+
+def use_matmul_weight_grad(shape, features: int, strides) -> bool:
+  """Whether `conv2d` computes the weight gradient of an (N, H, W, C) input
+  as a matmul."""
+  n, h, w, _ = shape
+  return (jax.default_backend() == "cpu" and tuple(strides) == (1, 1) and
+          features >= MATMUL_GRAD_MIN_FEATURES and
+          n * h * w >= MATMUL_GRAD_MIN_PIXELS)
+
+
+def _lax_conv(x, kernel, strides, padding):
+  return jax.lax.conv_general_dilated(
+      x, kernel, strides, padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _conv_matmul_grad(x, kernel, strides, padding):
+  return _lax_conv(x, kernel, strides, padding)
+
+
+def _conv_matmul_grad_fwd(x, kernel, strides, padding):
+  return _lax_conv(x, kernel, strides, padding), (x, kernel)
+
+
+def _conv_matmul_grad_bwd(strides, padding, res, g):
+  """dx from XLA's convolution transpose; dkernel[i, j] = sum over pixels of
+  the input shifted by tap (i, j) times the output gradient (stride 1)."""
+  x, kernel = res
+  _, vjp_x = jax.vjp(lambda a: _lax_conv(a, kernel, strides, padding), x)
+  (dx,) = vjp_x(g)
+  kh, kw, cin, cout = kernel.shape
+  (pt, pb), (pl, pr) = padding
+  xp = jnp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
+  ho, wo = g.shape[1:3]
+  taps = jnp.stack([xp[:, i:i + ho, j:j + wo]
+                    for i in range(kh) for j in range(kw)])
+  dk = jnp.einsum("tnhwc,nhwo->tco", taps, g.astype(x.dtype))
+  return dx, dk.reshape(kh, kw, cin, cout).astype(kernel.dtype)
+
+
+_conv_matmul_grad.defvjp(_conv_matmul_grad_fwd, _conv_matmul_grad_bwd)
 
 
 def _im2col(x, kernel, strides, padding):
@@ -72,11 +125,12 @@ def conv2d(x: jnp.ndarray, kernel: jnp.ndarray,
     (N, Ho, Wo, Cout), the same values as `lax.conv_general_dilated`.
   """
   pads = _pairs(padding, kernel.shape[:2])
-  strides = tuple(strides)
+  strides = tuple(int(v) for v in strides)
   if use_im2col(x.shape[1], x.shape[2]):
     return _im2col(x, kernel, strides, pads)
-  return jax.lax.conv_general_dilated(
-      x, kernel, strides, pads, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  if use_matmul_weight_grad(x.shape, kernel.shape[-1], strides):
+    return _conv_matmul_grad(x, kernel, strides, pads)
+  return _lax_conv(x, kernel, strides, pads)
 
 
 class Conv(nn.Module):
