@@ -10,7 +10,8 @@ Ours, torchvision's and the plain conv run on the same inputs, interleaved
 the table reports medians. The correlation and Fuse rows run on gathered
 features of Cin channels at HxW (the neck's P2 map); the VPSNet rows time
 the whole per-frame inference (`VPSNet.infer`, ResNet-50, random weights) of
-the `base` and `fuse` variants on the same 512x1024 input. Peak memory is the growth of the peak resident
+the `base` and `fuse` variants on the same 512x1024 input, with their FLOPs
+from XLA's cost analysis of the compiled function. Peak memory is the growth of the peak resident
 set over the first call in a fresh process (VmHWM after resetting it, minus
 VmRSS before), inputs already built and JAX functions already compiled.
 
@@ -121,6 +122,9 @@ def time_video_parts(n, h, w, c, repeats):
     t0 = time.perf_counter()
     compiled = jax.jit(fn).lower(*args).compile()
     compile_s = time.perf_counter() - t0
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    flops = float((cost or {}).get("flops", float("nan")))
     jax.block_until_ready(compiled(*args))
     times = []
     for _ in range(repeats):
@@ -159,13 +163,16 @@ def time_fuse_vs_base(height, width, repeats):
     t0 = time.perf_counter()
     compiled = jax.jit(fn).lower(*args).compile()
     compile_s = time.perf_counter() - t0
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    flops = float((cost or {}).get("flops", float("nan")))
     jax.block_until_ready(compiled(*args))
     times = []
     for _ in range(repeats):
       t0 = time.perf_counter()
       jax.block_until_ready(compiled(*args))
       times.append(time.perf_counter() - t0)
-    rows[variant] = (compile_s, float(np.median(times)), min(times))
+    rows[variant] = (compile_s, float(np.median(times)), min(times), flops)
   return rows
 
 
@@ -286,12 +293,14 @@ def main():
     mh, mw = (int(v) for v in args.model_size.split(","))
     models = time_fuse_vs_base(mh, mw, max(1, args.repeats // 2))
     for name in ("base", "fuse"):
-      compile_s, median_s, min_s = models[name]
+      compile_s, median_s, min_s, flops = models[name]
       label = f"VPSNet {name} infer {mh}x{mw} R50"
       print(f"{label:<34}{compile_s:>10.2f}{median_s:>10.3f}{min_s:>9.3f}"
-            f"{'-':>9}")
+            f"{'-':>9}  ({flops / 1e9:.0f} GFLOP, XLA cost analysis)")
     extra = models["fuse"][1] / models["base"][1] - 1.0
-    print(f"fuse vs base extra inference time: {extra:+.1%} (target <= 25%)")
+    extra_flops = models["fuse"][3] / models["base"][3] - 1.0
+    print(f"fuse vs base extra inference time: {extra:+.1%} (target <= 25%);"
+          f" extra FLOPs: {extra_flops:+.1%}")
   print(f"deform_conv_time_ratio_vs_torchvision={ratio_tv:.4f}")
 
 
