@@ -70,7 +70,7 @@ def run_example(config, workdir: str) -> dict:
   """Synthetic data -> example prediction -> VPQ table and WORKDIR/vpq.json."""
   from data_pipeline import synthetic  # pylint: disable=g-import-not-at-top
   from eval import example  # pylint: disable=g-import-not-at-top
-  from eval import vpq  # pylint: disable=g-import-not-at-top
+  from vpsnet_jax.inference import run  # pylint: disable=g-import-not-at-top
 
   if config.dataset.name != "vps_synthetic":
     raise ValueError("--mode=example runs on the built-in vps_synthetic data; "
@@ -93,16 +93,7 @@ def run_example(config, workdir: str) -> dict:
       gt_json, gt_dir, pred_dir, seed=config.seed,
       switch_rate=config.example.switch_rate,
       miss_rate=config.example.miss_rate, erode_px=config.example.erode_px)
-  details = {}
-  result = vpq.evaluate_folder(gt_json, gt_dir, pred_dir, ks=config.eval.ks,
-                               stride=config.eval.stride, progress=True,
-                               details=details)
-  print(vpq.format_table(result, details))
-  with open(os.path.join(workdir, "vpq.json"), "w") as f:
-    json.dump(result, f, indent=2)
-  print(f"Predictions in {pred_dir}; VPQ written to "
-        f"{os.path.join(workdir, 'vpq.json')}")
-  return result
+  return run.score_predictions(config, workdir, gt_json, gt_dir, pred_dir)
 
 
 def main(argv):

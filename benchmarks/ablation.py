@@ -83,6 +83,8 @@ def main():
   parser.add_argument("--steps", type=int, default=0,
                       help="training steps per variant (0: the config's)")
   args, overrides = parser.parse_known_args()
+  from absl import logging  # pylint: disable=g-import-not-at-top
+  logging.set_verbosity(logging.INFO)  # training progress and metrics
 
   from configs import synthetic  # pylint: disable=g-import-not-at-top
   from vpsnet_jax.inference import run  # pylint: disable=g-import-not-at-top

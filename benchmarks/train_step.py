@@ -9,8 +9,10 @@ compile caches do not mix, through the real training path (the `tf.data`
 pipeline on generated `vps_synthetic` frames of that size, prefetch to the
 device, the `pmap`-ed train step with SGD): compile time, the median
 steady-state step time, images/s, the fraction of the step spent waiting
-for input, and the peak resident memory. Sizes: the synthetic config's
-(128x256, ResNet-18 and its small heads) and `--large` (512x1024, the
+for input, the peak resident memory, and the FLOPs of one step's loss and
+gradients (ours: XLA's cost analysis; torchvision: `FlopCounterMode`), so
+that the time ratio can be read as work done times speed of doing it.
+Sizes: the synthetic config's (128x256, ResNet-18 and its small heads) and `--large` (512x1024, the
 paper's ResNet-50 and head widths). The reference is torchvision's
 `maskrcnn_resnet50_fpn` (random weights, the same number of thing classes)
 training on the same frames at 512x1024 with SGD, `torch.set_num_threads`
@@ -96,11 +98,20 @@ def measure(variant: str, size: str, steps: int, data_dir: str) -> dict:
     step_s.append(t2 - t0)
   step = float(np.median(step_s))
   images = jax.device_count() * c.per_device_batch_size
+  peak_mb = _peak_mb()  # before the extra compile below
+  # FLOPs of loss + gradients on one device's batch (the optimizer update is
+  # negligible), from XLA's cost analysis of the compiled function.
+  first = jax.tree_util.tree_map(
+      lambda x: x[0], next(input_lib.train_batches(source, index, c, 1)))
+  cost = jax.jit(jax.value_and_grad(task.loss_fn, has_aux=True)).lower(
+      host.params, host.batch_stats, first, key).compile().cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   return {"variant": variant, "size": size, "depth": c.model.depth,
+          "gflop": float(cost["flops"]) / 1e9,
           "compile_s": compile_s - step, "step_s": step,
           "images_per_s": images / step,
           "input_wait_fraction": float(np.sum(wait_s) / np.sum(step_s)),
-          "peak_mb": _peak_mb(),
+          "peak_mb": peak_mb,
           "loss": float(np.asarray(metrics["loss"]))}
 
 
@@ -145,7 +156,9 @@ def measure_torchvision(size: str, steps: int, data_dir: str) -> dict:
     opt.step()
     return float(loss)
 
-  step(*sample())  # warm-up
+  from torch.utils.flop_counter import FlopCounterMode  # pylint: disable=g-import-not-at-top
+  with FlopCounterMode(display=False) as counter:  # also the warm-up
+    step(*sample())
   times = []
   for _ in range(steps):
     images, targets = sample()
@@ -154,7 +167,8 @@ def measure_torchvision(size: str, steps: int, data_dir: str) -> dict:
     times.append(time.perf_counter() - t0)
   t = float(np.median(times))
   return {"variant": "torchvision maskrcnn_resnet50_fpn", "size": size,
-          "depth": 50, "compile_s": float("nan"), "step_s": t,
+          "depth": 50, "gflop": counter.get_total_flops() / 1e9,
+          "compile_s": float("nan"), "step_s": t,
           "images_per_s": 1.0 / t, "input_wait_fraction": float("nan"),
           "peak_mb": _peak_mb(), "loss": loss}
 
@@ -216,11 +230,11 @@ def main():
   print(f"CPU: {os.cpu_count()} cores, load average "
         f"{', '.join(f'{x:.2f}' for x in os.getloadavg())}; median of "
         f"{args.steps} steps after the first (batch 1, one device)")
-  head = (f"{'model':<36}{'size':>10}{'R':>4}{'compile s':>11}"
+  head = (f"{'model':<36}{'size':>10}{'R':>4}{'GFLOP':>7}{'compile s':>11}"
           f"{'step s':>9}{'img/s':>8}{'input wait':>12}{'peak MB':>9}")
   print(head)
   for r in rows:
-    print(f"{r['variant']:<36}{r['size']:>10}{r['depth']:>4}"
+    print(f"{r['variant']:<36}{r['size']:>10}{r['depth']:>4}{r['gflop']:>7.0f}"
           f"{r['compile_s']:>11.1f}{r['step_s']:>9.3f}"
           f"{r['images_per_s']:>8.2f}{r['input_wait_fraction']:>12.1%}"
           f"{r['peak_mb']:>9.0f}")

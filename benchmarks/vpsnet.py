@@ -98,6 +98,24 @@ def build(x, offset, kernel, only=None):
   return fns
 
 
+def compile_and_time(fn, args, repeats):
+  """(compile s, median s, min s, FLOPs from XLA's cost analysis) of
+  `jax.jit(fn)` on `args`."""
+  t0 = time.perf_counter()
+  compiled = jax.jit(fn).lower(*args).compile()
+  compile_s = time.perf_counter() - t0
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  flops = float((cost or {}).get("flops", float("nan")))
+  jax.block_until_ready(compiled(*args))
+  times = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    jax.block_until_ready(compiled(*args))
+    times.append(time.perf_counter() - t0)
+  return compile_s, float(np.median(times)), min(times), flops
+
+
 def time_video_parts(n, h, w, c, repeats):
   """Compile and median forward time of the Fuse module and correlation.
 
@@ -119,19 +137,7 @@ def time_video_parts(n, h, w, c, repeats):
       ("correlation", correlation, (target, reference)),
       ("fuse", model.apply, (params, target, reference, flow, has_ref)),
   ):
-    t0 = time.perf_counter()
-    compiled = jax.jit(fn).lower(*args).compile()
-    compile_s = time.perf_counter() - t0
-    cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    flops = float((cost or {}).get("flops", float("nan")))
-    jax.block_until_ready(compiled(*args))
-    times = []
-    for _ in range(repeats):
-      t0 = time.perf_counter()
-      jax.block_until_ready(compiled(*args))
-      times.append(time.perf_counter() - t0)
-    rows[name] = (compile_s, float(np.median(times)), min(times))
+    rows[name] = compile_and_time(fn, args, repeats)[:3]
   return rows
 
 
@@ -160,19 +166,7 @@ def time_fuse_vs_base(height, width, repeats):
     fn = lambda v, i, s, r, f, h: model.apply(v, i, s, r, f, h,
                                               method=model.infer)
     args = (variables, images, size, ref, flow, np.ones((1,), bool))
-    t0 = time.perf_counter()
-    compiled = jax.jit(fn).lower(*args).compile()
-    compile_s = time.perf_counter() - t0
-    cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    flops = float((cost or {}).get("flops", float("nan")))
-    jax.block_until_ready(compiled(*args))
-    times = []
-    for _ in range(repeats):
-      t0 = time.perf_counter()
-      jax.block_until_ready(compiled(*args))
-      times.append(time.perf_counter() - t0)
-    rows[variant] = (compile_s, float(np.median(times)), min(times), flops)
+    rows[variant] = compile_and_time(fn, args, repeats)
   return rows
 
 

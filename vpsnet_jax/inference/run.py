@@ -44,6 +44,25 @@ def build_model(config, meta, variables=None, workdir: Optional[str] = None
   return online.FrameModel(model, variables), step
 
 
+def score_predictions(config, workdir: str,
+                      gt_json: str, gt_dir: str, pred_dir: str,
+                      progress: bool = True) -> dict:
+  """VPQ of a prediction folder (`pred.json` + `pan_pred/`) against the
+  ground truth at `config.eval.ks` and `config.eval.stride`: prints the
+  table and writes `WORKDIR/vpq.json`; returns `eval.vpq`'s result."""
+  from eval import vpq  # pylint: disable=g-import-not-at-top
+  details = {}
+  result = vpq.evaluate_folder(gt_json, gt_dir, pred_dir, ks=config.eval.ks,
+                               stride=config.eval.stride, progress=progress,
+                               details=details)
+  print(vpq.format_table(result, details))
+  out = os.path.join(workdir, "vpq.json")
+  with open(out, "w") as f:
+    json.dump(result, f, indent=2)
+  print(f"Predictions in {pred_dir}; VPQ written to {out}")
+  return result
+
+
 def evaluate(config, workdir: str, variables=None, step: Optional[int] = None,
              progress: bool = True, writer=None) -> Dict[str, Any]:
   """Online inference on the validation split of config.dataset, then VPQ.
@@ -64,7 +83,6 @@ def evaluate(config, workdir: str, variables=None, step: Optional[int] = None,
     `eval.vpq`'s result dict plus "inference" (frames, seconds, per-stage
     seconds).
   """
-  from eval import vpq  # pylint: disable=g-import-not-at-top
   from vpsnet_jax.train import input as input_lib  # pylint: disable=g-import-not-at-top
   from vpsnet_jax.train import train  # pylint: disable=g-import-not-at-top
   train.validate_config(config, inference=True)
@@ -84,16 +102,9 @@ def evaluate(config, workdir: str, variables=None, step: Optional[int] = None,
   stats = online.predict_videos(config, model, source, index,
                                 source.image_ids, pred_dir, meta,
                                 progress=progress)
-  details = {}
-  result = vpq.evaluate_folder(gt_json, gt_dir, pred_dir, ks=config.eval.ks,
-                               stride=config.eval.stride, progress=progress,
-                               details=details)
-  print(vpq.format_table(result, details))
-  with open(os.path.join(workdir, "vpq.json"), "w") as f:
-    json.dump(result, f, indent=2)
-  print(f"Predictions in {pred_dir}; VPQ written to "
-        f"{os.path.join(workdir, 'vpq.json')} ({stats['frames']} frames, "
-        f"{stats['fps']:.2f} frames/s)")
+  result = score_predictions(config, workdir, gt_json, gt_dir, pred_dir,
+                             progress)
+  print(f"({stats['frames']} frames, {stats['fps']:.2f} frames/s)")
   if writer is None:
     writer = train.create_writer(workdir)
   scalars = {f"vpq/{g}": result["vpq"][g] for g in result["vpq"]}
