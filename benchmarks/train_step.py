@@ -12,11 +12,11 @@ steady-state step time, images/s, the fraction of the step spent waiting
 for input, the peak resident memory, and the FLOPs of one step's loss and
 gradients (ours: XLA's cost analysis; torchvision: `FlopCounterMode`), so
 that the time ratio can be read as work done times speed of doing it.
-Sizes: the synthetic config's (128x256, ResNet-18 and its small heads) and `--large` (512x1024, the
-paper's ResNet-50 and head widths). The reference is torchvision's
-`maskrcnn_resnet50_fpn` (random weights, the same number of thing classes)
-training on the same frames at 512x1024 with SGD, `torch.set_num_threads`
-= the machine's cores, no resizing.
+Sizes: the synthetic config's (128x256, ResNet-18 and its small heads) and
+`--large` (512x1024, the paper's ResNet-50 and head widths). The
+reference is torchvision's `maskrcnn_resnet50_fpn` (random weights, the
+same number of thing classes) training on the same frames at 512x1024 with
+SGD, `torch.set_num_threads` = the machine's cores, no resizing.
 
 The last line is `train_step_time_ratio_vs_torchvision=<x>`: our `base`
 variant's step time at the large size (ResNet-50) over torchvision's.
