@@ -124,8 +124,9 @@ def main():
     workdir = os.path.join(args.workdir, variant)
     c = config_for(variant, tracker)
     if variant not in timing:
-      done = os.path.isdir(os.path.join(workdir, "checkpoints",
-                                        str(c.num_train_steps)))
+      manager = train.checkpoint_manager(workdir, c)
+      done = (manager.latest_step() or 0) >= c.num_train_steps
+      manager.close()
       t0 = time.perf_counter()
       train.train_and_evaluate(c, workdir, evaluate=False)
       timing[variant] = None if done else time.perf_counter() - t0

@@ -474,8 +474,8 @@ def run(config, workdir: str, task: tasks_lib.Task,
   [local_devices, per_device_batch, ...] from start_step on;
   eval_iter_fn(per_device_batch) yields one pass of validation batches.
   devices: a subset of the devices (single process; tests).
-  writer: a clu metric writer (default: `create_default_writer(workdir)`,
-    process 0 writes).
+  writer: a clu metric writer (default: `create_writer(workdir)`, process 0
+    writes).
   Returns {'step', 'train' (last logged metrics), 'eval', 'history'
   (per-step metrics of this run), 'state' (host copy of the final state)}.
   """
