@@ -9,6 +9,11 @@ probability), and for the mask-based cues the frame's instance map (which
 detection owns each pixel after the panoptic fusion) and the flow to the
 previous frame.
 
+Trackers own their state: `assign` starts from `Detections.owned()`, its
+own writable copy of the frame, so the caller's arrays (read-only NumPy
+views of JAX device arrays, Python lists, buffers it reuses) are never
+kept, aliased or written to.
+
   TrackHeadTracker  the release's MaskTrack matching: keeps the embedding,
                     box and class of every object seen so far; a
                     detection's score over [new, object 1..m] is
@@ -42,7 +47,8 @@ class Detections:
   embeddings (E may be 0); instance_map: optional (H, W) int, index of the
   detection owning each pixel in the fused panoptic map, -1 elsewhere;
   flow: optional (H, W, 2) float (dx, dy) from this frame to the previous
-  one (this(x) ~ previous(x + flow(x))).
+  one (this(x) ~ previous(x + flow(x))). Any array-likes (read-only views,
+  nested lists) will do: the trackers work on `owned()` copies.
   """
   boxes: np.ndarray
   scores: np.ndarray
@@ -53,6 +59,66 @@ class Detections:
 
   def __len__(self):
     return len(self.scores)
+
+  def owned(self) -> "Detections":
+    """A new `Detections` owning writable copies of every field.
+
+    Accepts arrays of any dtype, read-only arrays (e.g. `np.asarray` of a
+    JAX array) and nested Python lists. The copies have normalised dtypes
+    and shapes: boxes (n, 4) float64, scores (n,) float64, classes (n,)
+    int64, embeddings (n, E) float64 (E may be 0), instance_map (H, W)
+    int64 and flow (H, W, 2) float32 (what `warp_labels` needs) when given.
+
+    Returns:
+      The normalised copy; `self` is left as it is.
+
+    Raises:
+      ValueError: a field has the wrong shape, or the fields disagree on
+        the number of detections.
+    """
+    scores = _owned_vector("scores", self.scores, np.float64)
+    n = len(scores)
+    classes = _owned_vector("classes", self.classes, np.int64)
+    boxes = np.array(self.boxes, np.float64, copy=True)
+    if boxes.size == 0:
+      boxes = boxes.reshape(0, 4)
+    if boxes.ndim != 2 or boxes.shape[1] != 4:
+      raise ValueError(f"boxes must be (n, 4), got shape {boxes.shape}")
+    embeddings = np.array(self.embeddings, np.float64, copy=True)
+    if embeddings.ndim == 1 and embeddings.size == 0:
+      embeddings = embeddings.reshape(0, 0)
+    if embeddings.ndim != 2:
+      raise ValueError("embeddings must be (n, E), got shape "
+                       f"{embeddings.shape}")
+    for name, value in (("boxes", boxes), ("classes", classes),
+                        ("embeddings", embeddings)):
+      if len(value) != n:
+        raise ValueError(f"{name} has {len(value)} rows for {n} detections "
+                         "(scores)")
+    instance_map = flow = None
+    if self.instance_map is not None:
+      instance_map = np.array(self.instance_map, np.int64, copy=True)
+      if instance_map.ndim != 2:
+        raise ValueError("instance_map must be (H, W), got shape "
+                         f"{instance_map.shape}")
+    if self.flow is not None:
+      flow = np.array(self.flow, np.float32, copy=True)
+      if flow.ndim != 3 or flow.shape[2] != 2 or (
+          instance_map is not None and flow.shape[:2] != instance_map.shape):
+        raise ValueError(f"flow must be (H, W, 2), got shape {flow.shape}"
+                         + ("" if instance_map is None else
+                            f" for instance_map {instance_map.shape}"))
+    return Detections(boxes, scores, classes, embeddings, instance_map, flow)
+
+
+def _owned_vector(name: str, value, dtype) -> np.ndarray:
+  """A writable (n,) copy of `value` as `dtype` (`Detections.owned`)."""
+  out = np.array(value, dtype, copy=True)
+  if out.size == 0:
+    out = out.reshape(0)
+  if out.ndim != 1:
+    raise ValueError(f"{name} must be (n,), got shape {out.shape}")
+  return out
 
 
 def box_iou(a: np.ndarray, b: np.ndarray, offset: float = 1.0) -> np.ndarray:
@@ -167,8 +233,11 @@ class TrackHeadTracker:
 
   def assign(self, det: Detections) -> np.ndarray:
     """Track ids (>= 1) of the detections; updates the memory."""
+    det = det.owned()
     n = len(det)
-    if self.embeddings is None or not len(self.classes):
+    if not n:  # Nothing to match (and a list gives no E for 0 rows).
+      ids = np.zeros((0,), np.int64)
+    elif self.embeddings is None or not len(self.classes):
       ids = np.array([self._add(det, k) for k in range(n)], np.int64)
     else:
       total = self.scores(det)
@@ -208,10 +277,12 @@ class ClsSortTracker:
     pass
 
   def assign(self, det: Detections) -> np.ndarray:
+    """Ids: rank (from 1) of each detection's probability in its class."""
+    det = det.owned()
     ids = np.zeros(len(det), np.int64)
     for c in np.unique(det.classes):
       members = np.flatnonzero(det.classes == c)
-      order = members[np.argsort(-np.asarray(det.scores)[members],
+      order = members[np.argsort(-det.scores[members],
                                  kind="stable")]
       ids[order] = np.arange(1, len(order) + 1)
     return ids
@@ -231,8 +302,10 @@ class IoUMatchTracker:
     self.next_id = 1
 
   def assign(self, det: Detections) -> np.ndarray:
+    """Track ids (>= 1) of the detections; remembers this frame's masks."""
     if det.instance_map is None:
       raise ValueError("IoUMatchTracker needs the frame's instance map")
+    det = det.owned()
     n = len(det)
     ids = np.zeros(n, np.int64)
     if self.previous is not None and n:
@@ -277,6 +350,8 @@ class NewIdTracker:
     self.next_id = 1
 
   def assign(self, det: Detections) -> np.ndarray:
+    """Fresh ids for the detections."""
+    det = det.owned()
     ids = np.arange(self.next_id, self.next_id + len(det), dtype=np.int64)
     self.next_id += len(det)
     return ids
