@@ -18,6 +18,12 @@ Modes:
   example    the evaluator alone, on an imperfect prediction derived from
       the synthetic ground truth.
 
+Stopping: SIGTERM or SIGINT (Ctrl-C) during training saves the checkpoint
+of the current step and exits with status 75 (EX_TEMPFAIL: "retry"); the
+same command resumes exactly. If the evaluation after training fails, the
+message gives the --mode=evaluate command that evaluates the saved
+checkpoint.
+
 Several processes (hosts): `jax.distributed.initialize()` runs automatically
 on SLURM (several tasks) and TPU pods, or explicitly with
 --coordinator_address=HOST:PORT --num_processes=N --process_id=I.
@@ -27,6 +33,8 @@ The logic lives in `vpsnet_jax.train.train` and `vpsnet_jax.inference.run`
 
 import json
 import os
+import shlex
+import sys
 
 from absl import app
 from absl import flags
@@ -96,6 +104,22 @@ def run_example(config, workdir: str) -> dict:
   return run.score_predictions(config, workdir, gt_json, gt_dir, pred_dir)
 
 
+def evaluate_command(argv) -> str:
+  """The command line `argv` (this run's) with --mode=evaluate."""
+  args, skip = [], False
+  for a in argv[1:]:
+    if skip:
+      skip = False
+      continue
+    if a in ("--mode", "-mode"):
+      skip = True
+      continue
+    if not a.startswith(("--mode=", "-mode=")):
+      args.append(a)
+  return shlex.join(["python", argv[0], *args,
+                     "--mode=evaluate"])
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
@@ -115,9 +139,19 @@ def main(argv):
     else:
       run.predict(FLAGS.config, FLAGS.workdir)
     return
-  result = train.train_and_evaluate(
-      FLAGS.config, FLAGS.workdir,
-      evaluate=FLAGS.mode == "train_and_evaluate")
+  from vpsnet_jax.train import preemption  # pylint: disable=g-import-not-at-top
+  try:
+    result = train.train_and_evaluate(
+        FLAGS.config, FLAGS.workdir,
+        evaluate=FLAGS.mode == "train_and_evaluate")
+  except preemption.TrainingInterrupted as e:
+    print(f"{e}\nExit status {preemption.PREEMPTED_EXIT_CODE} (stopped on "
+          "request, resumable).", file=sys.stderr)
+    sys.exit(preemption.PREEMPTED_EXIT_CODE)
+  except train.EvaluationAfterTrainingError as e:
+    logging.exception("The final evaluation failed")
+    print(f"error: {e}\n  {evaluate_command(sys.argv)}", file=sys.stderr)
+    sys.exit(1)
   vpq = result.get("vpq")
   print(json.dumps({"step": result["step"], "train": result["train"],
                     "eval": result["eval"],

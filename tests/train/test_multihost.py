@@ -55,3 +55,25 @@ def test_two_processes_equal_one_process_with_four_devices(tmp_path,
   # Both processes wrote one checkpoint folder through orbax.
   assert sorted(os.listdir(tmp_path / "multi" / "checkpoints")) == [
       "2", "4", "6"]
+
+
+def test_sigterm_to_one_process_stops_every_process_at_one_step(tmp_path):
+  """JAX's preemption service: process 1 gets SIGTERM at step 20; both
+  processes save the same step (one checkpoint) and exit 75."""
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  env.update(JAX_NUM_CPU_DEVICES="2", JAX_PLATFORMS="cpu",
+             PYTHONPATH=ROOT)
+  coordinator = f"127.0.0.1:{_free_port()}"
+  procs = [subprocess.Popen(
+      [sys.executable, "-m", "tests.train.multihost_worker", coordinator,
+       "2", str(i), str(tmp_path / "multi"), str(tmp_path / "unused.npz"),
+       "pmap", "20"],
+      cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+      text=True) for i in range(2)]
+  stopped = []
+  for p in procs:
+    out, err = p.communicate(timeout=240)
+    assert p.returncode == 75, err[-3000:]
+    stopped.append(int(out.split("stopped at step ")[1].split()[0]))
+  assert stopped[0] == stopped[1] >= 20, stopped
+  assert os.listdir(tmp_path / "multi" / "checkpoints") == [str(stopped[0])]

@@ -37,6 +37,7 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 
+from vpsnet_jax.train import preemption
 from vpsnet_jax.train import tasks as tasks_lib
 
 AXIS = "batch"
@@ -411,24 +412,55 @@ def prefetch(batches: Iterator, put: Callable, size: int = 2) -> Iterator:
 # ------------------------------------------------------------- checkpoints
 
 
-def checkpoint_manager(workdir: str, config) -> ocp.CheckpointManager:
-  """Async, keeps the last config.keep_checkpoints, in WORKDIR/checkpoints."""
+def checkpoint_manager(workdir: str, config,
+                       training: bool = False) -> ocp.CheckpointManager:
+  """Async, keeps the last config.keep_checkpoints, in WORKDIR/checkpoints.
+
+  Saves are atomic: orbax writes `<step>.orbax-checkpoint-tmp*` and renames
+  it to `<step>` when complete, so a process killed during a save leaves
+  only a temporary folder, which is never restored; `training` (the one
+  writer of the folder) removes such leftovers when it opens the folder.
+  """
   options = ocp.CheckpointManagerOptions(
       max_to_keep=config.keep_checkpoints,
       save_interval_steps=max(1, config.checkpoint_every_steps),
-      enable_async_checkpointing=True)
+      enable_async_checkpointing=True,
+      cleanup_tmp_directories=training)
   return ocp.CheckpointManager(
       os.path.abspath(os.path.join(workdir, "checkpoints")), options=options)
 
 
+class CheckpointError(ValueError):
+  """A checkpoint folder that cannot be restored."""
+
+
 def restore_latest(manager: ocp.CheckpointManager,
                    host_state: TrainState) -> TrainState:
-  """The latest checkpoint's state as NumPy (or host_state if none)."""
+  """The latest checkpoint's state as NumPy (or host_state if none).
+
+  A damaged latest checkpoint raises `CheckpointError` naming its folder
+  and saying how to fall back to the step before it (no silent fallback:
+  the run would otherwise repeat steps without saying so)."""
   step = manager.latest_step()
   if step is None:
     return host_state
   target = jax.tree_util.tree_map(np.asarray, host_state)
-  restored = manager.restore(step, args=ocp.args.StandardRestore(target))
+  try:
+    restored = manager.restore(step, args=ocp.args.StandardRestore(target))
+  except Exception as e:  # orbax / tensorstore raise many types.
+    folder = os.path.join(os.fspath(manager.directory), str(step))
+    earlier = [s for s in manager.all_steps() if s < step]
+    if earlier:
+      fallback = (f"to resume from the checkpoint of step {max(earlier)}, "
+                  f"move it out of the checkpoint folder (mv {folder} "
+                  f"{folder}.damaged) and run again")
+    else:
+      fallback = (f"it is the only checkpoint: move it out of the folder "
+                  f"(mv {folder} {folder}.damaged) to start from step 0")
+    raise CheckpointError(
+        f"The checkpoint {folder} (step {step}) cannot be restored: "
+        f"{type(e).__name__}: {e}. It may be damaged or written by another "
+        f"model or config; {fallback}.") from e
   logging.info("Restored checkpoint of step %d", step)
   return jax.tree_util.tree_map(np.asarray, restored)
 
@@ -470,6 +502,11 @@ def run(config, workdir: str, task: tasks_lib.Task,
         decay_steps=None, devices=None, writer=None) -> Dict[str, Any]:
   """Trains `task` (and evaluates when eval_iter_fn is given).
 
+  SIGTERM / SIGINT during the call stop it cleanly (`preemption`): the
+  step in progress finishes, its checkpoint is saved and waited for, and
+  `preemption.TrainingInterrupted` is raised; the same call on the same
+  workdir resumes exactly.
+
   train_iter_fn(start_step, per_device_batch) yields NumPy batches
   [local_devices, per_device_batch, ...] from start_step on;
   eval_iter_fn(per_device_batch) yields one pass of validation batches.
@@ -479,6 +516,14 @@ def run(config, workdir: str, task: tasks_lib.Task,
   Returns {'step', 'train' (last logged metrics), 'eval', 'history'
   (per-step metrics of this run), 'state' (host copy of the final state)}.
   """
+  with preemption.StopRequest() as stop:
+    return _run(config, workdir, task, train_iter_fn, eval_iter_fn,
+                num_train_steps, decay_steps, devices, writer, stop)
+
+
+def _run(config, workdir, task, train_iter_fn, eval_iter_fn, num_train_steps,
+         decay_steps, devices, writer, stop: preemption.StopRequest):
+  """`run` with the stop request it listens to."""
   num_devices = jax.device_count() if devices is None else len(devices)
   validate_config(config, num_devices)
   num_steps = config.num_train_steps if num_train_steps is None else (
@@ -493,7 +538,7 @@ def run(config, workdir: str, task: tasks_lib.Task,
   # Abstract shapes first: the optimizer needs the trainable mask.
   shapes = jax.eval_shape(task.init, init_key)
   tx = create_optimizer(config, schedule, task.trainable(shapes["params"]))
-  manager = checkpoint_manager(workdir, config)
+  manager = checkpoint_manager(workdir, config, training=True)
   host_state = create_train_state(
       init_key, task, tx,
       config.init_from if manager.latest_step() is None else "")
@@ -559,13 +604,16 @@ def run(config, workdir: str, task: tasks_lib.Task,
       if eval_iter_fn is not None and config.eval_every_steps and (
           step % config.eval_every_steps == 0 or step == num_steps):
         last_eval = evaluate(state, step)
-      preempted = manager.reached_preemption(step)
+      stopping = stop.reached(step, manager)
       if (step % config.checkpoint_every_steps == 0 or step == num_steps or
-          preempted):
+          stopping):
         save(manager, step, par.host_state(state))
-      if preempted:
-        logging.warning("Preempted at step %d; checkpoint saved", step)
-        break
+      if stopping:
+        manager.wait_until_finished()
+        interrupted = preemption.TrainingInterrupted(
+            step, stop.signal_name, os.fspath(manager.directory))
+        logging.warning("%s", interrupted)
+        raise interrupted
   finally:
     manager.wait_until_finished()
     manager.close()
@@ -606,11 +654,28 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   if evaluate and jax.process_index() == 0:
     from vpsnet_jax.inference import run as inference  # pylint: disable=g-import-not-at-top
     state = result["state"]
-    result["vpq"] = inference.evaluate(
-        config, workdir, {"params": state.params,
-                          "batch_stats": state.batch_stats},
-        step=int(state.step), writer=writer)
+    try:
+      result["vpq"] = inference.evaluate(
+          config, workdir, {"params": state.params,
+                            "batch_stats": state.batch_stats},
+          step=int(state.step), writer=writer)
+    except (Exception, KeyboardInterrupt) as e:
+      raise EvaluationAfterTrainingError(
+          int(state.step), os.path.join(workdir, "checkpoints"), e) from e
   return result
+
+
+class EvaluationAfterTrainingError(RuntimeError):
+  """The evaluation at the end of `train_and_evaluate` failed; the
+  training's checkpoint of `step` is saved (`--mode=evaluate` resumes)."""
+
+  def __init__(self, step: int, checkpoint_dir: str, cause: BaseException):
+    self.step, self.checkpoint_dir = step, checkpoint_dir
+    super().__init__(
+        f"Training finished and its checkpoint of step {step} is saved in "
+        f"{checkpoint_dir}, but the final evaluation failed: "
+        f"{type(cause).__name__}: {cause}. Evaluate that checkpoint with the "
+        "same command and --mode=evaluate.")
 
 
 def evaluate_checkpoint(config, workdir: str, task: tasks_lib.Task,
