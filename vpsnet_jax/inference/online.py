@@ -23,6 +23,7 @@ import collections
 import time
 from typing import Callable, Dict, Optional, Sequence
 
+from absl import logging
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -159,7 +160,12 @@ def predict_videos(config, model: FrameModel, source,
     model: a `FrameModel`.
     source, index: a random-access frame source and its `FrameIndex`.
     image_ids: the image id of every record of `source`.
-    out_dir: where `pan_pred/` and `pred.json` go.
+    out_dir: where `pan_pred/` and `pred.json` go (`writers.
+      PredictionWriter`): an earlier run's PNGs and pred.json there are
+      removed first (a rerun starts over: online tracking depends on every
+      earlier frame); pred.json is rewritten every few seconds while
+      running, and also when inference fails (for the frames done, then
+      the error propagates).
     meta: the dataset's `metadata.DatasetMeta`.
     write_all: write every frame (default config.inference.write_all_frames).
     progress: a progress bar over frames.
@@ -185,7 +191,7 @@ def predict_videos(config, model: FrameModel, source,
   trackers = [tracker_lib.create(config, cfg.offset) for _ in range(streams)]
   current = [None] * streams
   categories = [c.id for c in meta.categories]
-  writer = writers.PredictionWriter(out_dir)
+  writer = writers.PredictionWriter(out_dir, clean=True)
   times = collections.defaultdict(float)
   total = int(np.sum(pipeline.eval_streams(index, streams)[1]))
   bar = tqdm.tqdm(total=total, desc="inference", unit="frame",
@@ -241,25 +247,45 @@ def predict_videos(config, model: FrameModel, source,
   start = time.perf_counter()
   pending = None
   iterator = iter(tfds.as_numpy(dataset))
-  while True:
-    t0 = time.perf_counter()
-    batch = next(iterator, None)
-    times["input"] += time.perf_counter() - t0
-    if batch is None:
-      break
-    flow = (quarter_flow(batch["flow"]) if "flow" in batch else np.zeros(
-        batch["image"].shape[:3] + (2,), np.float32)[:, ::4, ::4])
-    has_ref = batch["frame_index"] != batch["ref_frame_index"]
-    out = model.dispatch(batch["image"], batch["orig_size"], flow, has_ref)
+  try:
+    while True:
+      t0 = time.perf_counter()
+      batch = next(iterator, None)
+      times["input"] += time.perf_counter() - t0
+      if batch is None:
+        break
+      flow = (quarter_flow(batch["flow"]) if "flow" in batch else np.zeros(
+          batch["image"].shape[:3] + (2,), np.float32)[:, ::4, ::4])
+      has_ref = batch["frame_index"] != batch["ref_frame_index"]
+      out = model.dispatch(batch["image"], batch["orig_size"], flow, has_ref)
+      if pending is not None:
+        finish(*pending)
+      pending = (batch, out)
     if pending is not None:
       finish(*pending)
-    pending = (batch, out)
-  if pending is not None:
-    finish(*pending)
+  except BaseException as error:
+    _close_after_failure(writer, error, counts["frames"], total)
+    raise
+  finally:
+    bar.close()
   t0 = time.perf_counter()
   writer.close()
   times["write"] += time.perf_counter() - t0
-  bar.close()
   seconds = time.perf_counter() - start
   return dict(counts, seconds=seconds,
               fps=counts["frames"] / max(seconds, 1e-9), **times)
+
+
+def _close_after_failure(writer: writers.PredictionWriter,
+                         error: BaseException, done: int, total: int) -> None:
+  """Writes pred.json for the frames done when inference failed; a failure
+  to do so is logged and noted on `error` (which the caller re-raises)."""
+  try:
+    path = writer.close()
+  except Exception as e:  # noqa: BLE001  # pylint: disable=broad-except
+    logging.exception("Closing the prediction writer after %r also failed",
+                      error)
+    error.add_note(f"(closing the prediction writer also failed: {e!r})")
+    return
+  logging.error("Inference failed after %d of %d frames; %s lists the %d "
+                "frames written", done, total, path, writer.num_written)

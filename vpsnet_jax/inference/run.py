@@ -26,11 +26,12 @@ from vpsnet_jax.modeling import vpsnet
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 
-def build_model(config, meta, variables=None, workdir: Optional[str] = None
-                ) -> Tuple[online.FrameModel, Optional[int]]:
+def build_model(config, meta, variables=None, workdir: Optional[str] = None,
+                devices=None) -> Tuple[online.FrameModel, Optional[int]]:
   """The `FrameModel` of config.variant with `variables` (default: the
-  latest checkpoint of `workdir`) and the checkpoint's step (None when
-  variables are given)."""
+  latest checkpoint of `workdir`) on `devices` (default: every local
+  device, one stream each) and the checkpoint's step (None when variables
+  are given)."""
   from vpsnet_jax.train import tasks  # pylint: disable=g-import-not-at-top
   from vpsnet_jax.train import train  # pylint: disable=g-import-not-at-top
   step = None
@@ -41,7 +42,7 @@ def build_model(config, meta, variables=None, workdir: Optional[str] = None
         config, workdir, tasks.create_task(config, meta))
     logging.info("Inference with the checkpoint of step %d", step)
   model = vpsnet.VPSNet(tasks.model_config(config, meta))
-  return online.FrameModel(model, variables), step
+  return online.FrameModel(model, variables, devices=devices), step
 
 
 def score_predictions(config, workdir: str,
@@ -154,10 +155,23 @@ class FolderSource:
 def predict(config, workdir: str, variables=None, progress: bool = True
             ) -> Dict[str, Any]:
   """Online inference on config.predict.frames_dir (sorted file names are
-  the frame order). Writes to config.predict.output_dir (default
-  WORKDIR/predict): pan_pred/*.png and pred.json (segments with their
-  category and track id), panoptic.gif and panoptic.mp4 (colours fixed
-  per track id, blended over the frames). Returns the paths and timing."""
+  the frame order; one video, so one device). Writes to
+  config.predict.output_dir (default WORKDIR/predict): pan_pred/*.png and
+  pred.json (segments with their category and track id), panoptic.gif and
+  panoptic.mp4 (colours fixed per track id, blended over the frames).
+  Returns the paths and timing.
+
+  A rerun on the same output folder starts over cleanly: the earlier run's
+  pan_pred/*.png, pred.json, panoptic.gif and panoptic.mp4 are removed
+  first (logged; other files in the folder are left alone). Resuming is
+  not offered because online tracking depends on every earlier frame, so
+  the remaining frames would need all the done ones replayed anyway.
+
+  Output is never half-written: pred.json is rewritten every few seconds
+  while running (listing only frames whose PNG is complete); if inference
+  fails, pred.json, the GIF and the MP4 are written for the frames done, a
+  line says how many of how many, and the error propagates.
+  """
   from data_pipeline import visualize  # pylint: disable=g-import-not-at-top
   from vpsnet_jax.train import input as input_lib  # pylint: disable=g-import-not-at-top
   from vpsnet_jax.train import train  # pylint: disable=g-import-not-at-top
@@ -172,10 +186,16 @@ def predict(config, workdir: str, variables=None, progress: bool = True
   meta = input_lib.meta(config)
   source = FolderSource(config.predict.frames_dir)
   out_dir = config.predict.output_dir or os.path.join(workdir, "predict")
+  if _same_dir(config.predict.frames_dir, os.path.join(out_dir, "pan_pred")):
+    raise ValueError(f"config.predict.frames_dir={config.predict.frames_dir!r}"
+                     " is the output's pan_pred/ folder (a rerun clears it);"
+                     " choose another config.predict.output_dir")
   os.makedirs(out_dir, exist_ok=True)
-  model, _ = build_model(config, meta, variables, workdir)
+  # One folder is one video: more devices would only run empty streams.
+  model, _ = build_model(config, meta, variables, workdir,
+                         devices=jax.local_devices()[:1])
   video = writers.VideoWriter(os.path.join(out_dir, "panoptic"),
-                              fps=config.predict.fps)
+                              fps=config.predict.fps, clean=True)
   id_to_train = meta.id_to_train_id
 
   def on_frame(frame):
@@ -183,14 +203,48 @@ def predict(config, workdir: str, variables=None, progress: bool = True
     image = np.clip(np.asarray(frame.image) * _STD + _MEAN, 0, 255)
     video.add(visualize.colorize(values, meta, image=image))
 
-  stats = online.predict_videos(config, model, source, source.index(),
-                                source.image_ids, out_dir, meta,
-                                write_all=True, progress=progress,
-                                on_frame=on_frame)
+  try:
+    stats = online.predict_videos(config, model, source, source.index(),
+                                  source.image_ids, out_dir, meta,
+                                  write_all=True, progress=progress,
+                                  on_frame=on_frame)
+  except BaseException as error:
+    _report_failure(out_dir, video, len(source), error)
+    raise
   paths = video.close()
   print(f"Predicted {stats['frames']} frames ({stats['fps']:.2f} frames/s): "
         f"{out_dir}/pan_pred, {out_dir}/pred.json, {', '.join(paths)}")
   return {"out_dir": out_dir, "videos": paths, "inference": stats}
+
+
+def _same_dir(a: str, b: str) -> bool:
+  return os.path.realpath(a) == os.path.realpath(b)
+
+
+def _report_failure(out_dir: str, video: writers.VideoWriter, total: int,
+                    error: BaseException) -> None:
+  """After a failed `predict`: the GIF/MP4 of the frames done and a line
+  saying how many there are (the caller re-raises `error`; a failure here
+  is logged and noted on it)."""
+  done = len(video.frames)
+  paths = []
+  if video.frames:
+    try:
+      paths = video.close()
+    except Exception as e:  # noqa: BLE001  # pylint: disable=broad-except
+      logging.exception("Writing %s.* after the failure also failed",
+                        video.stem)
+      error.add_note(f"(writing {video.stem}.* also failed: {e!r})")
+  try:
+    with open(os.path.join(out_dir, "pred.json")) as f:
+      listed = len(json.load(f)["annotations"])
+  except (OSError, ValueError, KeyError):
+    listed = 0
+  print(f"Prediction failed after {done} of {total} frames: "
+        f"{out_dir}/pred.json lists the {listed} frames written to "
+        f"{out_dir}/pan_pred" +
+        (f", {' and '.join(paths)} show the {done} frames done" if paths
+         else "") + "; a rerun starts over.", flush=True)
 
 
 def _norm():
