@@ -517,8 +517,16 @@ def run(config, workdir: str, task: tasks_lib.Task,
   (per-step metrics of this run), 'state' (host copy of the final state)}.
   """
   with preemption.StopRequest() as stop:
-    return _run(config, workdir, task, train_iter_fn, eval_iter_fn,
-                num_train_steps, decay_steps, devices, writer, stop)
+    result = _run(config, workdir, task, train_iter_fn, eval_iter_fn,
+                  num_train_steps, decay_steps, devices, writer, stop)
+  if stop.requested and not stop.multi_process:
+    # The signal came after the last step's check (during its save): the
+    # run is complete and saved, but the caller asked to stop, not to go
+    # on (to the evaluation of train_and_evaluate, say).
+    raise preemption.TrainingInterrupted(
+        result["step"], stop.signal_name,
+        os.path.abspath(os.path.join(workdir, "checkpoints")))
+  return result
 
 
 def _run(config, workdir, task, train_iter_fn, eval_iter_fn, num_train_steps,
