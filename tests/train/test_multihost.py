@@ -58,8 +58,9 @@ def test_two_processes_equal_one_process_with_four_devices(tmp_path,
 
 
 def test_sigterm_to_one_process_stops_every_process_at_one_step(tmp_path):
-  """JAX's preemption service: process 1 gets SIGTERM at step 20; both
-  processes save the same step (one checkpoint) and exit 75."""
+  """JAX's preemption service: process 1 gets SIGTERM when it reads the
+  batch of step 20; both processes save the same step (one checkpoint) and
+  exit 75."""
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
   env.update(JAX_NUM_CPU_DEVICES="2", JAX_PLATFORMS="cpu",
              PYTHONPATH=ROOT)
@@ -75,5 +76,7 @@ def test_sigterm_to_one_process_stops_every_process_at_one_step(tmp_path):
     out, err = p.communicate(timeout=240)
     assert p.returncode == 75, err[-3000:]
     stopped.append(int(out.split("stopped at step ")[1].split()[0]))
-  assert stopped[0] == stopped[1] >= 20, stopped
+  # The loop prefetches two batches ahead: batch 20 is read before step 18
+  # runs, the earliest step the preemption service can agree on.
+  assert stopped[0] == stopped[1] >= 18, stopped
   assert os.listdir(tmp_path / "multi" / "checkpoints") == [str(stopped[0])]
