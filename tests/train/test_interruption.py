@@ -101,10 +101,12 @@ def test_sigterm_saves_the_step_and_the_rerun_resumes_exactly(
   signum = signal.SIGTERM
   workdir = str(tmp_path)
   cmd = _command(workdir, "--config.checkpoint_every_steps=1000")
-  code, stderr = _start_and_signal(cmd, subprocess_env, 2, signum)
+  # Sent once step 1 is logged: the stop comes at step 1 or a little later
+  # (the signal crosses a pipe), at the latest at step 5 on a slow machine.
+  code, stderr = _start_and_signal(cmd, subprocess_env, 1, signum)
   assert code == preemption.PREEMPTED_EXIT_CODE == 75, stderr[-3000:]
   (stopped,) = _steps(workdir)  # Only the checkpoint of the stop.
-  assert 2 <= stopped < STEPS
+  assert 1 <= stopped < STEPS
   name = signal.Signals(signum).name
   assert (f"Training stopped by {name} at step {stopped}; the checkpoint of "
           f"step {stopped} is saved") in stderr
