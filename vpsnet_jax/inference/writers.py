@@ -95,7 +95,6 @@ class PredictionWriter:
                                           "*.png.tmp")))
           + [self.json_path, self.json_path + ".tmp"],
           f"predictions in {out_dir}")
-    self.annotations: List[Dict] = []
     self.flush_seconds = flush_seconds
     self._names = set()
     # (annotation, its PNG's future), in write order.
@@ -119,7 +118,6 @@ class PredictionWriter:
     future = self._pool.submit(_save_png, rgb, path)
     annotation = {"image_id": name, "file_name": name + ".png",
                   "segments_info": list(segments)}
-    self.annotations.append(annotation)
     self._frames.append((annotation, future))
     self._pending.append(future)
     if (self.flush_seconds is not None and
