@@ -31,11 +31,11 @@ from data_pipeline import metadata
 from data_pipeline import vps_reader
 
 META = metadata.CITYSCAPES
-SPLITS = ('train', 'val')
+SPLITS = ("train", "val")
 SNIPPET_LENGTH = 30
 ANNOTATED_INDEX = 20  # 1-based position of the annotated frame.
-_IMAGE_ID = re.compile(r'^(.+)_(\d{6})_(\d{6})$')
-_IMAGE_SUFFIX = '_leftImg8bit.png'
+_IMAGE_ID = re.compile(r"^(.+)_(\d{6})_(\d{6})$")
+_IMAGE_SUFFIX = "_leftImg8bit.png"
 
 MANUAL_DOWNLOAD_INSTRUCTIONS = """
 Download from https://www.cityscapes-dataset.com/downloads/ (free account)
@@ -54,21 +54,21 @@ leftImg8bit/{train,val}/CITY/*_leftImg8bit.png and those panoptic files.
 def layout(split: str) -> vps_reader.Layout:
   """The official layout of `split` ('train' or 'val')."""
   if split not in SPLITS:
-    raise ValueError(f'Cityscapes split must be one of {SPLITS}, got '
-                     f'{split!r}')
+    raise ValueError(f"Cityscapes split must be one of {SPLITS}, got "
+                     f"{split!r}")
   return vps_reader.Layout(
-      split=split, images_dir=f'leftImg8bit/{split}',
-      all_images_dir=f'leftImg8bit_sequence/{split}',
-      panoptic_json=f'gtFine/cityscapes_panoptic_{split}.json',
-      panoptic_dir=f'gtFine/cityscapes_panoptic_{split}')
+      split=split, images_dir=f"leftImg8bit/{split}",
+      all_images_dir=f"leftImg8bit_sequence/{split}",
+      panoptic_json=f"gtFine/cityscapes_panoptic_{split}.json",
+      panoptic_dir=f"gtFine/cityscapes_panoptic_{split}")
 
 
 def parse_image_id(image_id: str, source: str) -> Tuple[str, str, int]:
   """'frankfurt_000000_000294' -> ('frankfurt', '000000', 294)."""
   m = _IMAGE_ID.match(str(image_id))
   if not m:
-    raise ValueError(f'{source}: image id {image_id!r} is not '
-                     '{city}_{6-digit sequence}_{6-digit frame}')
+    raise ValueError(f"{source}: image id {image_id!r} is not "
+                     "{city}_{6-digit sequence}_{6-digit frame}")
   return m.group(1), m.group(2), int(m.group(3))
 
 
@@ -78,10 +78,10 @@ def snippet_ids(image_id: str, source: str) -> Dict[int, str]:
   city, seq, frame = parse_image_id(image_id, source)
   first = frame - (ANNOTATED_INDEX - 1)
   if first < 0:
-    raise ValueError(f'{source}: image {image_id} has frame number {frame} '
-                     f'< {ANNOTATED_INDEX - 1}; it cannot be frame '
-                     f'{ANNOTATED_INDEX} of a {SNIPPET_LENGTH}-frame snippet')
-  return {i: f'{city}_{seq}_{first + i - 1:06d}'
+    raise ValueError(f"{source}: image {image_id} has frame number {frame} "
+                     f"< {ANNOTATED_INDEX - 1}; it cannot be frame "
+                     f"{ANNOTATED_INDEX} of a {SNIPPET_LENGTH}-frame snippet")
+  return {i: f"{city}_{seq}_{first + i - 1:06d}"
           for i in range(1, SNIPPET_LENGTH + 1)}
 
 
@@ -96,51 +96,45 @@ class CityscapesReader(vps_reader.VpsReader):
   def _read_annotations(self) -> Dict[str, Tuple[int, int, str]]:
     """Reads the panoptic JSON; returns image_id -> (h, w, image file)."""
     lay = self.layout
-    path = self._path(lay.panoptic_json)
-    data = vps_reader._load_json(  # pylint: disable=protected-access
-        path, ('images', 'annotations', 'categories'))
-    self._check_categories(data['categories'], path)
+    path, data = self._load_coco(
+        lay.panoptic_json, ("image_id", "file_name", "segments_info"))
     require = vps_reader._require_fields  # pylint: disable=protected-access
-    require(data['images'], ('id', 'file_name', 'width', 'height'), path,
-            'image')
-    require(data['annotations'], ('image_id', 'file_name', 'segments_info'),
-            path, 'annotation')
     annotated = {}
-    for im in data['images']:
-      iid = str(im['id'])
+    for im in data["images"]:
+      iid = str(im["id"])
       parse_image_id(iid, path)
       if iid in annotated:
-        raise ValueError(f'{path}: image {iid} is listed twice')
-      annotated[iid] = (im['height'], im['width'], im['file_name'])
+        raise ValueError(f"{path}: image {iid} is listed twice")
+      annotated[iid] = (im["height"], im["width"], im["file_name"])
     png_dir = self._path(lay.panoptic_dir)
-    for ann in data['annotations']:
-      iid = str(ann['image_id'])
+    for ann in data["annotations"]:
+      iid = str(ann["image_id"])
       if iid not in annotated:
-        raise ValueError(f'{path}: annotation for unknown image_id {iid!r}')
+        raise ValueError(f"{path}: annotation for unknown image_id {iid!r}")
       if iid in self._panoptic_anns:
-        raise ValueError(f'{path}: image {iid} is annotated twice')
-      require(ann['segments_info'], ('id', 'category_id'), path, 'segment')
-      for s in ann['segments_info']:
-        if s['category_id'] not in self._train_id:
+        raise ValueError(f"{path}: image {iid} is annotated twice")
+      require(ann["segments_info"], ("id", "category_id"), path, "segment")
+      for s in ann["segments_info"]:
+        if s["category_id"] not in self._train_id:
           raise ValueError(f'{path}: segment {s["id"]} of {iid} has '
                            f'category_id {s["category_id"]}, not a '
                            f'{self.meta.name} category')
-      png = os.path.join(png_dir, ann['file_name'])
+      png = os.path.join(png_dir, ann["file_name"])
       if not os.path.isfile(png):
-        raise FileNotFoundError(f'Missing panoptic PNG: {png} (listed in '
-                                f'{path})')
+        raise FileNotFoundError(f"Missing panoptic PNG: {png} (listed in "
+                                f"{path})")
       self._panoptic_anns[iid] = dict(ann, png=png)
     missing = set(annotated) - set(self._panoptic_anns)
     if missing:
-      raise ValueError(f'{path}: images without annotation: '
-                       f'{sorted(missing)[:5]}')
+      raise ValueError(f"{path}: images without annotation: "
+                       f"{sorted(missing)[:5]}")
     return annotated
 
   def _read_frames(self, annotated):
     lay = self.layout
     source = self._path(lay.panoptic_json)
     if not annotated:
-      raise ValueError(f'{source} lists no images')
+      raise ValueError(f"{source} lists no images")
     images_dir = self._path(lay.images_dir)
     sequence_dir = self._path(lay.all_images_dir)
     with_sequence = os.path.isdir(sequence_dir)
@@ -154,26 +148,26 @@ class CityscapesReader(vps_reader.VpsReader):
       if not with_sequence:
         continue
       for index, sid in snippet_ids(iid, source).items():
-        if index == ANNOTATED_INDEX or (lay.split != 'train' and
+        if index == ANNOTATED_INDEX or (lay.split != "train" and
                                         index != ANNOTATED_INDEX - 1):
           continue
         path = os.path.join(sequence_dir, city, sid + _IMAGE_SUFFIX)
         self._add(vps_reader.Frame(sid, video_id, index, path, False, int(h),
-                                   int(w)), f'the snippet of {iid}', listings)
+                                   int(w)), f"the snippet of {iid}", listings)
 
   def _add(self, frame: vps_reader.Frame, source: str,
            listings: Dict[str, Set[str]]):
     """Adds `frame` after checking that its file exists (one directory
     listing per folder instead of one stat per frame)."""
     if frame.image_id in self._frames:
-      raise ValueError(f'{source}: image {frame.image_id} is listed twice')
+      raise ValueError(f"{source}: image {frame.image_id} is listed twice")
     folder, base = os.path.split(frame.image_path)
     if folder not in listings:
       listings[folder] = (set(os.listdir(folder)) if os.path.isdir(folder)
                           else set())
     if base not in listings[folder]:
-      raise FileNotFoundError(f'Missing image: {frame.image_path} (listed in '
-                              f'{source})')
+      raise FileNotFoundError(f"Missing image: {frame.image_path} (listed in "
+                              f"{source})")
     self._frames[frame.image_id] = frame
 
 

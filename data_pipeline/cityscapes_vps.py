@@ -11,32 +11,46 @@
 Train frames are the annotated ones (every 5th); val and test list all
 frames, val's annotated ones carry the panoptic ground truth.
 """
+from typing import Optional
+
 from data_pipeline import metadata
 from data_pipeline import vps_reader
 
 META = metadata.CITYSCAPES_VPS
-SPLITS = ('train', 'val', 'test')
+SPLITS = ("train", "val", "test")
+
+
+def split_layout(split: str, instances_json: Optional[str] = None,
+                 panoptic_json: Optional[str] = None,
+                 all_images_json: Optional[str] = None) -> vps_reader.Layout:
+  """The Cityscapes-VPS folders of `split` (VIPER's and vps_synthetic's too):
+  `{split}/img`, and with each JSON file its folder: `{split}/img_all` (all
+  frames), `{split}/labelmap` (instances), `{split}/panoptic_video`."""
+  def folder(name, json_file):
+    return f"{split}/{name}" if json_file else None
+  return vps_reader.Layout(
+      split=split, images_dir=f"{split}/img",
+      all_images_dir=folder("img_all", all_images_json),
+      all_images_json=all_images_json, instances_json=instances_json,
+      labelmap_dir=folder("labelmap", instances_json),
+      panoptic_json=panoptic_json,
+      panoptic_dir=folder("panoptic_video", panoptic_json))
 
 
 def layout(split: str) -> vps_reader.Layout:
   """The official layout of `split` ('train', 'val' or 'test')."""
-  if split == 'train':
-    return vps_reader.Layout(
-        split='train', images_dir='train/img',
-        instances_json='instances_train_city_vps_rle.json',
-        labelmap_dir='train/labelmap')
-  if split == 'val':
-    return vps_reader.Layout(
-        split='val', images_dir='val/img', all_images_dir='val/img_all',
-        all_images_json='im_all_info_val_city_vps.json',
-        panoptic_json='panoptic_gt_val_city_vps.json',
-        panoptic_dir='val/panoptic_video')
-  if split == 'test':
-    return vps_reader.Layout(
-        split='test', images_dir='test/img', all_images_dir='test/img_all',
-        all_images_json='im_all_info_test_city_vps.json')
-  raise ValueError(f'Cityscapes-VPS split must be one of {SPLITS}, got '
-                   f'{split!r}')
+  if split == "train":
+    return split_layout(
+        "train", instances_json="instances_train_city_vps_rle.json")
+  if split == "val":
+    return split_layout(
+        "val", all_images_json="im_all_info_val_city_vps.json",
+        panoptic_json="panoptic_gt_val_city_vps.json")
+  if split == "test":
+    return split_layout("test",
+                        all_images_json="im_all_info_test_city_vps.json")
+  raise ValueError(f"Cityscapes-VPS split must be one of {SPLITS}, got "
+                   f"{split!r}")
 
 
 def reader(root: str, split: str) -> vps_reader.VpsReader:

@@ -47,27 +47,27 @@ _CITATION = """@inproceedings{kim2020vps,
 
 def _features(with_flow: bool) -> tfds.features.FeaturesDict:
   feats = {
-      'image': tfds.features.Image(shape=(None, None, 3), dtype=np.uint8),
-      'image_id': tfds.features.Text(),
-      'video_id': np.int32,
-      'frame_index': np.int32,
-      'annotated': np.bool_,
-      'panoptic': tfds.features.Tensor(shape=(None, None), dtype=np.int32,
-                                       encoding='zlib'),
-      'segments': tfds.features.Sequence({
-          'id': np.int32,
-          'category_id': np.int32,
-          'train_id': np.int32,
-          'instance_id': np.int32,
-          'iscrowd': np.bool_,
-          'area': np.int32,
-          'bbox': tfds.features.Tensor(shape=(4,), dtype=np.float32),
+      "image": tfds.features.Image(shape=(None, None, 3), dtype=np.uint8),
+      "image_id": tfds.features.Text(),
+      "video_id": np.int32,
+      "frame_index": np.int32,
+      "annotated": np.bool_,
+      "panoptic": tfds.features.Tensor(shape=(None, None), dtype=np.int32,
+                                       encoding="zlib"),
+      "segments": tfds.features.Sequence({
+          "id": np.int32,
+          "category_id": np.int32,
+          "train_id": np.int32,
+          "instance_id": np.int32,
+          "iscrowd": np.bool_,
+          "area": np.int32,
+          "bbox": tfds.features.Tensor(shape=(4,), dtype=np.float32),
       }),
   }
   if with_flow:
-    feats['flow_layer'] = tfds.features.Tensor(
-        shape=(None, None), dtype=np.int32, encoding='zlib')
-    feats['flow_offsets'] = tfds.features.Tensor(shape=(None, 2),
+    feats["flow_layer"] = tfds.features.Tensor(
+        shape=(None, None), dtype=np.int32, encoding="zlib")
+    feats["flow_offsets"] = tfds.features.Tensor(shape=(None, 2),
                                                  dtype=np.int32)
   return tfds.features.FeaturesDict(feats)
 
@@ -93,27 +93,27 @@ def frame_example(reader: vps_reader.VpsReader, frame: vps_reader.Frame):
   if frame.annotated:
     ann = reader.annotation(frame)
     panoptic = ann.panoptic
-    segments = [{'id': s['id'], 'category_id': s['category_id'],
-                 'train_id': s['train_id'], 'instance_id': s['instance_id'],
-                 'iscrowd': bool(s['iscrowd']), 'area': s['area'],
-                 'bbox': np.asarray(s['bbox'], np.float32)}
+    segments = [{"id": s["id"], "category_id": s["category_id"],
+                 "train_id": s["train_id"], "instance_id": s["instance_id"],
+                 "iscrowd": bool(s["iscrowd"]), "area": s["area"],
+                 "bbox": np.asarray(s["bbox"], np.float32)}
                 for s in ann.segments]
   else:
     panoptic = np.full(image.shape[:2], vps_reader.VOID, np.int32)
   return {
-      'image': image, 'image_id': frame.image_id,
-      'video_id': np.int32(frame.video_id),
-      'frame_index': np.int32(frame.frame_index),
-      'annotated': frame.annotated, 'panoptic': panoptic,
-      'segments': segments,
+      "image": image, "image_id": frame.image_id,
+      "video_id": np.int32(frame.video_id),
+      "frame_index": np.int32(frame.frame_index),
+      "annotated": frame.annotated, "panoptic": panoptic,
+      "segments": segments,
   }
 
 
 class CityscapesVps(_Builder):
   """Cityscapes-VPS (Kim et al., CVPR 2020) from its prepared folder."""
 
-  VERSION = tfds.core.Version('1.0.0')
-  RELEASE_NOTES = {'1.0.0': 'Initial release.'}
+  VERSION = tfds.core.Version("1.0.0")
+  RELEASE_NOTES = {"1.0.0": "Initial release."}
   MANUAL_DOWNLOAD_INSTRUCTIONS = """
   Prepare Cityscapes-VPS with the official scripts of the VPSNet release
   (github.com/mcahny/vps, docs/DATASET.md): download Cityscapes-VPS and
@@ -124,20 +124,20 @@ class CityscapesVps(_Builder):
   val/{img_all,panoptic_video} and test/img_all.
   """
   BUILDER_CONFIGS = [
-      tfds.core.BuilderConfig(name='full', description='train, val, test'),
-      tfds.core.BuilderConfig(name='trainval', description='train, val'),
+      tfds.core.BuilderConfig(name="full", description="train, val, test"),
+      tfds.core.BuilderConfig(name="trainval", description="train, val"),
   ]
 
   def _info(self):
     return self.dataset_info_from_configs(
-        description='Cityscapes-VPS: 30-frame snippets, every 5th frame '
-        'annotated with video panoptic labels.',
+        description="Cityscapes-VPS: 30-frame snippets, every 5th frame "
+        "annotated with video panoptic labels.",
         features=_features(with_flow=False),
-        homepage='https://github.com/mcahny/vps', citation=_CITATION)
+        homepage="https://github.com/mcahny/vps", citation=_CITATION)
 
   def _split_generators(self, dl_manager):
     root = str(dl_manager.manual_dir)
-    splits = ('train', 'val') if self.builder_config.name == 'trainval' else (
+    splits = ("train", "val") if self.builder_config.name == "trainval" else (
         cityscapes_vps.SPLITS)
     return {s: self._generate_examples(cityscapes_vps.reader(root, s))
             for s in splits}
@@ -151,8 +151,8 @@ class CityscapesVps(_Builder):
 class Viper(_Builder):
   """VIPER in the reformatted video-panoptic layout of the VPSNet release."""
 
-  VERSION = tfds.core.Version('1.0.0')
-  RELEASE_NOTES = {'1.0.0': 'Initial release.'}
+  VERSION = tfds.core.Version("1.0.0")
+  RELEASE_NOTES = {"1.0.0": "Initial release."}
   MANUAL_DOWNLOAD_INSTRUCTIONS = """
   Download VIPER (playing-for-benchmarks.org) and reformat it to the VPS
   layout of the VPSNet release; pass that folder as `manual_dir`. It must
@@ -163,9 +163,9 @@ class Viper(_Builder):
 
   def _info(self):
     return self.dataset_info_from_configs(
-        description='VIPER video panoptic segmentation (23 classes).',
+        description="VIPER video panoptic segmentation (23 classes).",
         features=_features(with_flow=False),
-        homepage='https://playing-for-benchmarks.org', citation=_CITATION)
+        homepage="https://playing-for-benchmarks.org", citation=_CITATION)
 
   def _split_generators(self, dl_manager):
     root = str(dl_manager.manual_dir)
@@ -190,28 +190,28 @@ class SyntheticBuilderConfig(tfds.core.BuilderConfig):
 class VpsSynthetic(_Builder):
   """The built-in synthetic VPS dataset, generated on the fly (no download)."""
 
-  VERSION = tfds.core.Version('1.0.0')
-  RELEASE_NOTES = {'1.0.0': 'Initial release.'}
+  VERSION = tfds.core.Version("1.0.0")
+  RELEASE_NOTES = {"1.0.0": "Initial release."}
   BUILDER_CONFIGS = [
-      SyntheticBuilderConfig(name='tiny', height=64, width=128, num_videos=2,
+      SyntheticBuilderConfig(name="tiny", height=64, width=128, num_videos=2,
                              num_val_videos=1),
-      SyntheticBuilderConfig(name='small', height=128, width=256,
+      SyntheticBuilderConfig(name="small", height=128, width=256,
                              num_videos=8, num_val_videos=4),
-      SyntheticBuilderConfig(name='cityscapes_size', height=1024, width=2048,
+      SyntheticBuilderConfig(name="cityscapes_size", height=1024, width=2048,
                              num_videos=40, num_val_videos=10),
   ]
-  DEFAULT_CONFIG_NAME = 'small'
+  DEFAULT_CONFIG_NAME = "small"
 
   def _info(self):
     return self.dataset_info_from_configs(
-        description='vps_synthetic: driving-like synthetic video panoptic '
-        'segmentation with exact optical flow.',
+        description="vps_synthetic: driving-like synthetic video panoptic "
+        "segmentation with exact optical flow.",
         features=_features(with_flow=True), citation=_CITATION)
 
   def _split_generators(self, dl_manager):
     cfg = self.builder_config
     root = os.path.join(str(dl_manager.download_dir),
-                        f'vps_synthetic_{cfg.name}_seed{cfg.seed}')
+                        f"vps_synthetic_{cfg.name}_seed{cfg.seed}")
     synthetic.write_dataset(root, cfg.num_videos, cfg.num_val_videos,
                             cfg.height, cfg.width, cfg.seed, progress=False)
     return {s: self._generate_examples(root, s) for s in synthetic.SPLITS}
@@ -220,12 +220,12 @@ class VpsSynthetic(_Builder):
     reader = synthetic.reader(root, split)
     for vid, frames in reader.videos().items():
       fields = synthetic.load_flow_fields(
-          os.path.join(root, split, 'flow', f'{vid:04d}.npz'))
+          os.path.join(root, split, "flow", f"{vid:04d}.npz"))
       for frame in frames:
         example = frame_example(reader, frame)
         t = frame.frame_index - 1
-        example['flow_layer'] = fields['layer'][t].astype(np.int32)
-        example['flow_offsets'] = fields['offsets'][:, t].astype(np.int32)
+        example["flow_layer"] = fields["layer"][t].astype(np.int32)
+        example["flow_offsets"] = fields["offsets"][:, t].astype(np.int32)
         yield frame.image_id, example
 
 

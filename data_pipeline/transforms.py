@@ -20,7 +20,7 @@ MEAN = np.array([123.675, 116.28, 103.53], np.float32)
 STD = np.array([58.395, 57.12, 57.375], np.float32)
 IGNORE = metadata.IGNORE_LABEL
 LABEL_DIVISOR = 1000
-FLOW_MODES = ('none', 'ground_truth', 'dis')
+FLOW_MODES = ("none", "ground_truth", "dis")
 
 
 def round_up(value: int, divisor: int) -> int:
@@ -148,14 +148,14 @@ def warp_flow(flow: np.ndarray, geo: Geometry, size: Tuple[int, int]):
 def ground_truth_flow(target: Dict, reference: Dict) -> np.ndarray:
   """Exact flow (dx, dy) float32 [H, W, 2] from target to reference pixels,
   from the synthetic data's 'flow_layer' / 'flow_offsets'."""
-  for key in ('flow_layer', 'flow_offsets'):
+  for key in ("flow_layer", "flow_offsets"):
     if key not in target or key not in reference:
-      raise ValueError(f'Ground-truth flow needs {key!r}, missing from frame '
-                       f'{_name(target)} or {_name(reference)} (only '
-                       'vps_synthetic has it)')
-  layer = np.asarray(target['flow_layer'])
-  delta = (np.asarray(reference['flow_offsets']) -
-           np.asarray(target['flow_offsets']))[layer]
+      raise ValueError(f"Ground-truth flow needs {key!r}, missing from frame "
+                       f"{_name(target)} or {_name(reference)} (only "
+                       "vps_synthetic has it)")
+  layer = np.asarray(target["flow_layer"])
+  delta = (np.asarray(reference["flow_offsets"]) -
+           np.asarray(target["flow_offsets"]))[layer]
   return np.stack([delta[..., 1], delta[..., 0]], -1).astype(np.float32)
 
 
@@ -165,7 +165,7 @@ _THREAD_STATE = threading.local()  # One DIS object per thread (not shareable).
 def dis_flow(target: np.ndarray, reference: np.ndarray) -> np.ndarray:
   """OpenCV DIS flow (medium preset) from target to reference RGB uint8
   frames: float32 [H, W, 2] (dx, dy), target(x) ~ reference(x + flow(x))."""
-  dis = getattr(_THREAD_STATE, 'dis', None)
+  dis = getattr(_THREAD_STATE, "dis", None)
   if dis is None:
     dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
     _THREAD_STATE.dis = dis
@@ -175,7 +175,7 @@ def dis_flow(target: np.ndarray, reference: np.ndarray) -> np.ndarray:
 
 
 def _name(frame):
-  name = frame.get('image_id', '?')
+  name = frame.get("image_id", "?")
   return name.decode() if isinstance(name, bytes) else str(name)
 
 
@@ -189,28 +189,28 @@ def instances(semantic: np.ndarray, track: np.ndarray, max_instances: int,
   """
   ids = np.unique(track[track > 0])
   if len(ids) > max_instances:
-    raise ValueError(f'Frame {frame_name} has {len(ids)} instances, more '
-                     f'than max_instances={max_instances}')
+    raise ValueError(f"Frame {frame_name} has {len(ids)} instances, more "
+                     f"than max_instances={max_instances}")
   n = max_instances
-  out = {'boxes': np.zeros((n, 4), np.float32),
-         'classes': np.zeros((n,), np.int32),
-         'track_ids': np.zeros((n,), np.int32),
-         'valid': np.zeros((n,), bool)}
+  out = {"boxes": np.zeros((n, 4), np.float32),
+         "classes": np.zeros((n,), np.int32),
+         "track_ids": np.zeros((n,), np.int32),
+         "valid": np.zeros((n,), bool)}
   if with_masks:
-    out['masks'] = np.zeros((n,) + track.shape, np.uint8)
+    out["masks"] = np.zeros((n,) + track.shape, np.uint8)
   for i, tid in enumerate(ids):
     mask = track == tid
     ys, xs = np.nonzero(mask)
     classes = np.unique(semantic[mask])
     if len(classes) != 1:
-      raise ValueError(f'Frame {frame_name}: instance {tid} has several '
-                       f'classes {classes.tolist()}')
-    out['boxes'][i] = (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)
-    out['classes'][i] = classes[0]
-    out['track_ids'][i] = tid
-    out['valid'][i] = True
+      raise ValueError(f"Frame {frame_name}: instance {tid} has several "
+                       f"classes {classes.tolist()}")
+    out["boxes"][i] = (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)
+    out["classes"][i] = classes[0]
+    out["track_ids"][i] = tid
+    out["valid"][i] = True
     if with_masks:
-      out['masks'][i] = mask
+      out["masks"][i] = mask
   return out
 
 
@@ -237,7 +237,7 @@ def train_example(target: Dict, reference: Dict, rng: np.random.Generator,
                   crop_size: Tuple[int, int],
                   scale_range: Tuple[float, float] = (0.8, 1.5),
                   flip_probability: float = 0.5, max_instances: int = 50,
-                  flow: str = 'none', size_divisor: int = 32,
+                  flow: str = "none", size_divisor: int = 32,
                   geometry: Optional[Geometry] = None) -> Dict[str, np.ndarray]:
   """A training pair with one joint random scale/flip/crop.
 
@@ -254,18 +254,18 @@ def train_example(target: Dict, reference: Dict, rng: np.random.Generator,
     'video_id', 'frame_index', 'ref_frame_index' int32 [].
   """
   if flow not in FLOW_MODES:
-    raise ValueError(f'flow must be one of {FLOW_MODES}, got {flow!r}')
-  image, ref_image = np.asarray(target['image']), np.asarray(
-      reference['image'])
+    raise ValueError(f"flow must be one of {FLOW_MODES}, got {flow!r}")
+  image, ref_image = np.asarray(target["image"]), np.asarray(
+      reference["image"])
   size = image.shape[:2]
   if ref_image.shape[:2] != size:
-    raise ValueError(f'Frames {_name(target)} and {_name(reference)} differ '
-                     f'in size: {size} vs {ref_image.shape[:2]}')
+    raise ValueError(f"Frames {_name(target)} and {_name(reference)} differ "
+                     f"in size: {size} vs {ref_image.shape[:2]}")
   geo = geometry or sample_geometry(rng, size, scale_range, crop_size,
                                     flip_probability, size_divisor)
-  sem, track = decode_panoptic(warp(np.asarray(target['panoptic']), geo,
+  sem, track = decode_panoptic(warp(np.asarray(target["panoptic"]), geo,
                                     nearest=True, fill=-1))
-  ref_sem, ref_track = decode_panoptic(warp(np.asarray(reference['panoptic']),
+  ref_sem, ref_track = decode_panoptic(warp(np.asarray(reference["panoptic"]),
                                             geo, nearest=True, fill=-1))
   img = warp(image, geo, nearest=False, fill=0)
   ref_img = warp(ref_image, geo, nearest=False, fill=0)
@@ -278,30 +278,30 @@ def train_example(target: Dict, reference: Dict, rng: np.random.Generator,
   image_out[~pad_mask] = 0.0
   ref_out[~pad_mask] = 0.0
   out = {
-      'image': image_out, 'ref_image': ref_out,
-      'pad_mask': pad_mask,
-      'semantic': sem, 'semantic_quarter': quarter(sem),
-      'gt_ref_index': reference_index(gt['track_ids'], gt['valid'],
-                                      ref['track_ids'], ref['valid']),
-      'video_id': np.int32(target['video_id']),
-      'frame_index': np.int32(target['frame_index']),
-      'ref_frame_index': np.int32(reference['frame_index']),
+      "image": image_out, "ref_image": ref_out,
+      "pad_mask": pad_mask,
+      "semantic": sem, "semantic_quarter": quarter(sem),
+      "gt_ref_index": reference_index(gt["track_ids"], gt["valid"],
+                                      ref["track_ids"], ref["valid"]),
+      "video_id": np.int32(target["video_id"]),
+      "frame_index": np.int32(target["frame_index"]),
+      "ref_frame_index": np.int32(reference["frame_index"]),
   }
   for key, value in gt.items():
-    out['gt_' + key] = value
+    out["gt_" + key] = value
   for key, value in ref.items():
-    out['ref_' + key] = value
-  if flow == 'ground_truth':
-    out['flow'] = warp_flow(ground_truth_flow(target, reference), geo, size)
-  elif flow == 'dis':
+    out["ref_" + key] = value
+  if flow == "ground_truth":
+    out["flow"] = warp_flow(ground_truth_flow(target, reference), geo, size)
+  elif flow == "dis":
     field = np.zeros(geo.out + (2,), np.float32)
     ch, cw = geo.crop[2:]
     field[:ch, :cw] = dis_flow(img[:ch, :cw], ref_img[:ch, :cw])
-    out['flow'] = field
+    out["flow"] = field
   return out
 
 
-def eval_example(frame: Dict, previous: Dict, flow: str = 'none',
+def eval_example(frame: Dict, previous: Dict, flow: str = "none",
                  size_divisor: int = 32) -> Dict[str, np.ndarray]:
   """One evaluation frame with the previous frame as reference, no resizing.
 
@@ -311,24 +311,24 @@ def eval_example(frame: Dict, previous: Dict, flow: str = 'none',
   'flow' float32 [H', W', 2] unless flow='none'.
   """
   if flow not in FLOW_MODES:
-    raise ValueError(f'flow must be one of {FLOW_MODES}, got {flow!r}')
-  image, prev = np.asarray(frame['image']), np.asarray(previous['image'])
+    raise ValueError(f"flow must be one of {FLOW_MODES}, got {flow!r}")
+  image, prev = np.asarray(frame["image"]), np.asarray(previous["image"])
   size = image.shape[:2]
   geo = identity_geometry(size, size_divisor)
   pad_mask = warp(np.ones(size, np.uint8), geo, nearest=True, fill=0) > 0
   out = {
-      'image': warp(normalize(image), geo, nearest=False, fill=0.0),
-      'ref_image': warp(normalize(prev), geo, nearest=False, fill=0.0),
-      'pad_mask': pad_mask,
-      'orig_size': np.array(size, np.int32),
-      'annotated': np.bool_(frame['annotated']),
-      'video_id': np.int32(frame['video_id']),
-      'frame_index': np.int32(frame['frame_index']),
-      'ref_frame_index': np.int32(previous['frame_index']),
+      "image": warp(normalize(image), geo, nearest=False, fill=0.0),
+      "ref_image": warp(normalize(prev), geo, nearest=False, fill=0.0),
+      "pad_mask": pad_mask,
+      "orig_size": np.array(size, np.int32),
+      "annotated": np.bool_(frame["annotated"]),
+      "video_id": np.int32(frame["video_id"]),
+      "frame_index": np.int32(frame["frame_index"]),
+      "ref_frame_index": np.int32(previous["frame_index"]),
   }
-  if flow == 'ground_truth':
-    out['flow'] = warp(ground_truth_flow(frame, previous), geo, nearest=True,
+  if flow == "ground_truth":
+    out["flow"] = warp(ground_truth_flow(frame, previous), geo, nearest=True,
                        fill=0.0)
-  elif flow == 'dis':
-    out['flow'] = warp(dis_flow(image, prev), geo, nearest=True, fill=0.0)
+  elif flow == "dis":
+    out["flow"] = warp(dis_flow(image, prev), geo, nearest=True, fill=0.0)
   return out

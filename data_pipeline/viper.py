@@ -9,26 +9,23 @@ Image names must start with a 4-digit video id and a 4-digit frame index
 (VVVV_FFFF_...), as in Cityscapes-VPS; anything else is reported, not
 guessed. 23 classes (metadata.VIPER): 13 stuff, 10 things.
 """
+from data_pipeline import cityscapes_vps
 from data_pipeline import metadata
 from data_pipeline import vps_reader
 
 META = metadata.VIPER
-SPLITS = ('train', 'val_day')
+SPLITS = ("train", "val_day")
 
 
 def layout(split: str) -> vps_reader.Layout:
   """The layout of `split` ('train' or 'val_day')."""
-  if split == 'train':
-    return vps_reader.Layout(
-        split='train', images_dir='train/img',
-        instances_json='instances_train_05_viper_coco.json',
-        labelmap_dir='train/labelmap')
-  if split == 'val_day':
-    return vps_reader.Layout(
-        split='val_day', images_dir='val_day/img',
-        panoptic_json='viper_panoptic_val_day_video.json',
-        panoptic_dir='val_day/panoptic_video')
-  raise ValueError(f'VIPER split must be one of {SPLITS}, got {split!r}')
+  if split == "train":
+    return cityscapes_vps.split_layout(
+        "train", instances_json="instances_train_05_viper_coco.json")
+  if split == "val_day":
+    return cityscapes_vps.split_layout(
+        "val_day", panoptic_json="viper_panoptic_val_day_video.json")
+  raise ValueError(f"VIPER split must be one of {SPLITS}, got {split!r}")
 
 
 def reader(root: str, split: str) -> vps_reader.VpsReader:

@@ -35,8 +35,8 @@ def colorize(panoptic: np.ndarray, meta: metadata.DatasetMeta,
       continue
     train, inst = divmod(int(value), LABEL_DIVISOR)
     if train >= meta.num_classes:
-      raise ValueError(f'Panoptic value {value} has train id {train}, '
-                       f'{meta.name} has {meta.num_classes} classes')
+      raise ValueError(f"Panoptic value {value} has train id {train}, "
+                       f"{meta.name} has {meta.num_classes} classes")
     color = (instance_color(train, inst) if inst else
              np.array(meta.categories[train].color, np.uint8))
     out[panoptic == value] = color
@@ -51,6 +51,6 @@ def write_gif(frames: Iterable[np.ndarray], path: str,
   """Writes uint8 [H, W, 3] frames as a looping GIF."""
   images = [Image.fromarray(np.asarray(f, np.uint8)) for f in frames]
   if not images:
-    raise ValueError(f'No frames to write to {path}')
+    raise ValueError(f"No frames to write to {path}")
   images[0].save(path, save_all=True, append_images=images[1:],
                  duration=int(round(1000 / fps)), loop=0)

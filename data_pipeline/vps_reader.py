@@ -24,18 +24,19 @@ import dataclasses
 import json
 import os
 import re
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 from PIL import Image
 from pycocotools import mask as mask_util
 
 from data_pipeline import metadata
+from eval import common
 
 LABEL_DIVISOR = 1000
 VOID = -1
-_NAME = re.compile(r'^(\d{4})_(\d{4})_')
-_IMAGE_SUFFIXES = ('_newImg8bit.png', '_leftImg8bit.png', '.png', '.jpg')
+_NAME = re.compile(r"^(\d{4})_(\d{4})_")
+_IMAGE_SUFFIXES = ("_newImg8bit.png", "_leftImg8bit.png", ".png", ".jpg")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,25 +107,25 @@ def image_id_of(file_name: str, source: str) -> str:
       base = base[:-len(suffix)]
       break
   if not _NAME.match(base):
-    raise ValueError(f'{source}: image name {file_name!r} does not start with '
-                     'a 4-digit video id and a 4-digit frame index '
-                     '(VVVV_FFFF_...)')
+    raise ValueError(f"{source}: image name {file_name!r} does not start with "
+                     "a 4-digit video id and a 4-digit frame index "
+                     "(VVVV_FFFF_...)")
   return base
 
 
 def _load_json(path: str, keys: Tuple[str, ...]) -> Dict[str, Any]:
   if not os.path.isfile(path):
-    raise FileNotFoundError(f'Missing annotation file: {path}')
+    raise FileNotFoundError(f"Missing annotation file: {path}")
   try:
-    with open(path, encoding='utf-8') as f:
+    with open(path, encoding="utf-8") as f:
       data = json.load(f)
   except json.JSONDecodeError as e:
-    raise ValueError(f'{path} is not valid JSON: {e}') from e
+    raise ValueError(f"{path} is not valid JSON: {e}") from e
   if not isinstance(data, dict):
-    raise ValueError(f'{path}: expected a JSON object at the top level')
+    raise ValueError(f"{path}: expected a JSON object at the top level")
   for key in keys:
     if key not in data or not isinstance(data[key], list):
-      raise ValueError(f'{path}: missing list {key!r}')
+      raise ValueError(f"{path}: missing list {key!r}")
   return data
 
 
@@ -132,14 +133,34 @@ def _require_fields(items, fields, path, what):
   for item in items:
     missing = [f for f in fields if f not in item]
     if missing:
-      raise ValueError(f'{path}: {what} {item!r:.200} lacks {missing}')
+      raise ValueError(f"{path}: {what} {item!r:.200} lacks {missing}")
 
 
-def _read_png(path: str) -> np.ndarray:
+def _image_list(path: str) -> Iterator[Tuple[str, int, int, str]]:
+  """(image id, height, width, file name) of each image of an image list."""
+  data = _load_json(path, ("images",))
+  _require_fields(data["images"], ("file_name", "width", "height"), path,
+                  "image")
+  for im in data["images"]:
+    yield (image_id_of(im["file_name"], path), im["height"], im["width"],
+           im["file_name"])
+
+
+def _read_png(path: str, frame: Frame, channels: Optional[Tuple[int, ...]],
+              what: str, against: str = "the image size") -> np.ndarray:
+  """The PNG at `path`, [H, W] if `channels` is None, else [H, W, C] with C in
+  `channels` (else 'expected {what}'), of the frame's size."""
   if not os.path.isfile(path):
-    raise FileNotFoundError(f'Missing file: {path}')
+    raise FileNotFoundError(f"Missing file: {path}")
   with Image.open(path) as im:
-    return np.asarray(im)
+    array = np.asarray(im)
+  if not (array.ndim == 2 if channels is None else
+          array.ndim == 3 and array.shape[2] in channels):
+    raise ValueError(f"{path}: expected {what}, got shape {array.shape}")
+  if array.shape[:2] != (frame.height, frame.width):
+    raise ValueError(f"{path}: size {array.shape[:2]} differs from "
+                     f"{against} ({frame.height}, {frame.width})")
+  return array
 
 
 def _bbox_xyxy(mask: np.ndarray) -> List[float]:
@@ -157,10 +178,10 @@ class VpsReader:
 
   def __init__(self, root: str, layout: Layout, meta: metadata.DatasetMeta):
     if not os.path.isdir(root):
-      raise FileNotFoundError(f'Dataset root is not a directory: {root}')
+      raise FileNotFoundError(f"Dataset root is not a directory: {root}")
     if layout.panoptic_json and layout.instances_json:
-      raise ValueError('A layout has one annotation source: panoptic_json or '
-                       'instances_json, not both')
+      raise ValueError("A layout has one annotation source: panoptic_json or "
+                       "instances_json, not both")
     self.root, self.layout, self.meta = root, layout, meta
     self._train_id = meta.id_to_train_id
     self._frames: Dict[str, Frame] = {}
@@ -174,117 +195,109 @@ class VpsReader:
   def _path(self, rel: str) -> str:
     return os.path.join(self.root, rel)
 
-  def _check_categories(self, categories, path):
-    _require_fields(categories, ('id',), path, 'category')
-    for c in categories:
-      if c['id'] not in self._train_id:
+  def _load_coco(self, rel: str, annotation_fields: Tuple[str, ...]):
+    """(path, data) of a COCO-style JSON, categories and fields checked."""
+    path = self._path(rel)
+    data = _load_json(path, ("images", "annotations", "categories"))
+    _require_fields(data["categories"], ("id",), path, "category")
+    for c in data["categories"]:
+      if c["id"] not in self._train_id:
         raise ValueError(f'{path}: category id {c["id"]} is not a '
                          f'{self.meta.name} category')
-      if 'isthing' in c and bool(c['isthing']) != self.meta.by_id[
-          c['id']].isthing:
+      if "isthing" in c and bool(c["isthing"]) != self.meta.by_id[
+          c["id"]].isthing:
         raise ValueError(f'{path}: category {c["id"]} has isthing='
                          f'{c["isthing"]}, metadata says otherwise')
+    _require_fields(data["images"], ("id", "file_name", "width", "height"),
+                    path, "image")
+    _require_fields(data["annotations"], annotation_fields, path, "annotation")
+    return path, data
 
   def _read_annotations(self) -> Dict[str, Tuple[int, int, str]]:
     """Reads the annotation JSON; returns image_id -> (h, w, image file)."""
     lay = self.layout
     annotated = {}
     if lay.panoptic_json:
-      path = self._path(lay.panoptic_json)
-      data = _load_json(path, ('images', 'annotations', 'categories'))
-      self._check_categories(data['categories'], path)
-      _require_fields(data['images'], ('id', 'file_name', 'width', 'height'),
-                      path, 'image')
-      _require_fields(data['annotations'], ('image_id', 'file_name',
-                                            'segments_info'), path,
-                      'annotation')
+      path, data = self._load_coco(
+          lay.panoptic_json, ("image_id", "file_name", "segments_info"))
       images = {}
-      for im in data['images']:
-        iid = image_id_of(im['file_name'], path)
-        images[im['id']] = iid
-        annotated[iid] = (im['height'], im['width'], im['file_name'])
+      for im in data["images"]:
+        iid = image_id_of(im["file_name"], path)
+        images[im["id"]] = iid
+        annotated[iid] = (im["height"], im["width"], im["file_name"])
       if not lay.panoptic_dir:
-        raise ValueError(f'Layout of split {lay.split!r} has a panoptic JSON '
-                         'but no panoptic_dir')
-      for ann in data['annotations']:
-        if ann['image_id'] not in images:
+        raise ValueError(f"Layout of split {lay.split!r} has a panoptic JSON "
+                         "but no panoptic_dir")
+      for ann in data["annotations"]:
+        if ann["image_id"] not in images:
           raise ValueError(f'{path}: annotation for unknown image_id '
                            f'{ann["image_id"]!r}')
-        _require_fields(ann['segments_info'], ('id', 'category_id'), path,
-                        'segment')
-        for s in ann['segments_info']:
-          if s['category_id'] not in self._train_id:
+        _require_fields(ann["segments_info"], ("id", "category_id"), path,
+                        "segment")
+        for s in ann["segments_info"]:
+          if s["category_id"] not in self._train_id:
             raise ValueError(f'{path}: segment {s["id"]} of '
                              f'{ann["image_id"]} has unknown category_id '
                              f'{s["category_id"]}')
-        png = os.path.join(self._path(lay.panoptic_dir), ann['file_name'])
+        png = os.path.join(self._path(lay.panoptic_dir), ann["file_name"])
         if not os.path.isfile(png):
-          raise FileNotFoundError(f'Missing panoptic PNG: {png} (listed in '
-                                  f'{path})')
-        self._panoptic_anns[images[ann['image_id']]] = dict(ann, png=png)
+          raise FileNotFoundError(f"Missing panoptic PNG: {png} (listed in "
+                                  f"{path})")
+        self._panoptic_anns[images[ann["image_id"]]] = dict(ann, png=png)
       missing = set(annotated) - set(self._panoptic_anns)
       if missing:
-        raise ValueError(f'{path}: images without annotation: '
-                         f'{sorted(missing)[:5]}')
+        raise ValueError(f"{path}: images without annotation: "
+                         f"{sorted(missing)[:5]}")
     elif lay.instances_json:
-      path = self._path(lay.instances_json)
-      data = _load_json(path, ('images', 'annotations', 'categories'))
-      self._check_categories(data['categories'], path)
-      _require_fields(data['images'], ('id', 'file_name', 'width', 'height'),
-                      path, 'image')
-      _require_fields(data['annotations'],
-                      ('image_id', 'category_id', 'segmentation', 'inst_id'),
-                      path, 'annotation')
+      path, data = self._load_coco(
+          lay.instances_json,
+          ("image_id", "category_id", "segmentation", "inst_id"))
       if not lay.labelmap_dir:
-        raise ValueError(f'Layout of split {lay.split!r} has an instances JSON '
-                         'but no labelmap_dir')
+        raise ValueError(f"Layout of split {lay.split!r} has an instances JSON "
+                         "but no labelmap_dir")
       images = {}
-      for im in data['images']:
-        iid = image_id_of(im['file_name'], path)
-        images[im['id']] = iid
-        annotated[iid] = (im['height'], im['width'], im['file_name'])
+      for im in data["images"]:
+        iid = image_id_of(im["file_name"], path)
+        images[im["id"]] = iid
+        annotated[iid] = (im["height"], im["width"], im["file_name"])
         self._instance_anns[iid] = []
         label = os.path.join(self._path(lay.labelmap_dir),
-                             self._mask_name(im['file_name']))
+                             self._mask_name(im["file_name"]))
         if not os.path.isfile(label):
           raise FileNotFoundError(f'Missing label map: {label} (for image '
                                   f'{im["file_name"]} in {path})')
-      for ann in data['annotations']:
-        if ann['image_id'] not in images:
+      for ann in data["annotations"]:
+        if ann["image_id"] not in images:
           raise ValueError(f'{path}: annotation {ann.get("id")} refers to '
                            f'unknown image_id {ann["image_id"]}')
-        if ann['category_id'] not in self.meta.thing_ids:
+        if ann["category_id"] not in self.meta.thing_ids:
           raise ValueError(f'{path}: annotation {ann.get("id")} has '
                            f'category_id {ann["category_id"]}, not a thing')
-        seg = ann['segmentation']
-        if not (isinstance(seg, dict) and 'size' in seg and 'counts' in seg):
+        seg = ann["segmentation"]
+        if not (isinstance(seg, dict) and "size" in seg and "counts" in seg):
           raise ValueError(f'{path}: annotation {ann.get("id")} segmentation '
                            'is not RLE (expected {"size", "counts"})')
-        self._instance_anns[images[ann['image_id']]].append(ann)
+        self._instance_anns[images[ann["image_id"]]].append(ann)
     elif lay.annotated_json:
-      path = self._path(lay.annotated_json)
-      data = _load_json(path, ('images',))
-      _require_fields(data['images'], ('file_name', 'width', 'height'), path,
-                      'image')
-      for im in data['images']:
-        iid = image_id_of(im['file_name'], path)
-        annotated[iid] = (im['height'], im['width'], im['file_name'])
+      for iid, h, w, name in _image_list(self._path(lay.annotated_json)):
+        annotated[iid] = (h, w, name)
     return annotated
 
   @staticmethod
   def _mask_name(image_file: str) -> str:
     base = os.path.basename(image_file)
-    for old, new in (('_newImg8bit.png', '_final_mask.png'),
-                     ('_leftImg8bit.png', '_gtFine_color.png')):
+    for old, new in (("_newImg8bit.png", "_final_mask.png"),
+                     ("_leftImg8bit.png", "_gtFine_color.png")):
       if base.endswith(old):
         return base[:-len(old)] + new
-    return os.path.splitext(base)[0] + '.png'
+    return os.path.splitext(base)[0] + ".png"
 
-  def _add_frame(self, iid, h, w, path, annotated, source):
+  def _add_frame(self, iid, h, w, folder, name, annotated, source):
+    path = os.path.join(self._path(folder), os.path.basename(name))
     if iid in self._frames:
-      raise ValueError(f'{source}: image {iid} is listed twice')
+      raise ValueError(f"{source}: image {iid} is listed twice")
     if not os.path.isfile(path):
-      raise FileNotFoundError(f'Missing image: {path} (listed in {source})')
+      raise FileNotFoundError(f"Missing image: {path} (listed in {source})")
     m = _NAME.match(iid)
     self._frames[iid] = Frame(iid, int(m.group(1)), int(m.group(2)), path,
                               annotated, int(h), int(w))
@@ -295,30 +308,22 @@ class VpsReader:
     if lay.all_images_json:
       path = self._path(lay.all_images_json)
       if not lay.all_images_dir:
-        raise ValueError(f'Layout of split {lay.split!r} has all_images_json '
-                         'but no all_images_dir')
-      data = _load_json(path, ('images',))
-      _require_fields(data['images'], ('file_name', 'width', 'height'), path,
-                      'image')
-      for im in data['images']:
-        iid = image_id_of(im['file_name'], path)
-        self._add_frame(iid, im['height'], im['width'],
-                        os.path.join(self._path(lay.all_images_dir),
-                                     os.path.basename(im['file_name'])),
+        raise ValueError(f"Layout of split {lay.split!r} has all_images_json "
+                         "but no all_images_dir")
+      for iid, h, w, name in _image_list(path):
+        self._add_frame(iid, h, w, lay.all_images_dir, name,
                         has_labels and iid in annotated, path)
       missing = set(annotated) - set(self._frames)
       if missing:
-        raise ValueError(f'{path}: annotated images missing from the '
-                         f'all-frames list: {sorted(missing)[:5]}')
+        raise ValueError(f"{path}: annotated images missing from the "
+                         f"all-frames list: {sorted(missing)[:5]}")
     else:
       source = self._path(lay.panoptic_json or lay.instances_json or
-                          lay.annotated_json or '')
+                          lay.annotated_json or "")
       if not annotated:
-        raise ValueError(f'Layout of split {lay.split!r} lists no frames')
+        raise ValueError(f"Layout of split {lay.split!r} lists no frames")
       for iid, (h, w, name) in annotated.items():
-        self._add_frame(iid, h, w, os.path.join(self._path(lay.images_dir),
-                                                os.path.basename(name)),
-                        has_labels, source)
+        self._add_frame(iid, h, w, lay.images_dir, name, has_labels, source)
 
   def _assign_tracks(self):
     """Per video, numbers the thing instances 1, 2, ... in order of first
@@ -328,20 +333,20 @@ class VpsReader:
       frame = self._frames[iid]
       tracks = self._tracks.setdefault(frame.video_id, {})
       if iid in self._panoptic_anns:
-        keys = sorted(s['id'] for s in self._panoptic_anns[iid]['segments_info']
-                      if self.meta.by_id[s['category_id']].isthing
-                      and not s.get('iscrowd', 0))
+        keys = sorted(s["id"] for s in self._panoptic_anns[iid]["segments_info"]
+                      if self.meta.by_id[s["category_id"]].isthing
+                      and not s.get("iscrowd", 0))
       elif iid in self._instance_anns:
-        keys = sorted(a['inst_id'] for a in self._instance_anns[iid]
-                      if not a.get('iscrowd', 0))
+        keys = sorted(a["inst_id"] for a in self._instance_anns[iid]
+                      if not a.get("iscrowd", 0))
       else:
         keys = []
       for key in keys:
         if key not in tracks:
           tracks[key] = len(tracks) + 1
           if tracks[key] >= LABEL_DIVISOR:
-            raise ValueError(f'Video {frame.video_id}: more than '
-                             f'{LABEL_DIVISOR - 1} instances')
+            raise ValueError(f"Video {frame.video_id}: more than "
+                             f"{LABEL_DIVISOR - 1} instances")
 
   # --------------------------------------------------------------------------
 
@@ -354,8 +359,8 @@ class VpsReader:
       frames.sort(key=lambda f: f.frame_index)
       indices = [f.frame_index for f in frames]
       if len(set(indices)) != len(indices):
-        raise ValueError(f'Video {frames[0].video_id} has two frames with '
-                         f'the same index: {indices}')
+        raise ValueError(f"Video {frames[0].video_id} has two frames with "
+                         f"the same index: {indices}")
     return dict(sorted(out.items()))
 
   def track_ids(self, video_id: int) -> Dict[int, int]:
@@ -364,20 +369,14 @@ class VpsReader:
 
   def read_image(self, frame: Frame) -> np.ndarray:
     """uint8 [H, W, 3] RGB; checks the size against the JSON."""
-    image = _read_png(frame.image_path)
-    if image.ndim == 2 or image.shape[2] not in (3, 4):
-      raise ValueError(f'{frame.image_path}: expected an RGB image, got '
-                       f'shape {image.shape}')
-    image = image[..., :3]
-    if image.shape[:2] != (frame.height, frame.width):
-      raise ValueError(f'{frame.image_path}: size {image.shape[:2]} differs '
-                       f'from the JSON ({frame.height}, {frame.width})')
-    return np.ascontiguousarray(image, dtype=np.uint8)
+    image = _read_png(frame.image_path, frame, (3, 4), "an RGB image",
+                      "the JSON")
+    return np.ascontiguousarray(image[..., :3], dtype=np.uint8)
 
   def annotation(self, frame: Frame) -> Annotation:
     """Labels of an annotated frame (ValueError if it is not annotated)."""
     if not frame.annotated:
-      raise ValueError(f'Frame {frame.image_id} is not annotated')
+      raise ValueError(f"Frame {frame.image_id} is not annotated")
     tracks = self._tracks.get(frame.video_id, {})
     if frame.image_id in self._panoptic_anns:
       return self._from_panoptic(frame, self._panoptic_anns[frame.image_id],
@@ -385,81 +384,66 @@ class VpsReader:
     return self._from_instances(frame, self._instance_anns[frame.image_id],
                                 tracks)
 
-  def _check_shape(self, array, frame, path):
-    if array.shape[:2] != (frame.height, frame.width):
-      raise ValueError(f'{path}: size {array.shape[:2]} differs from the '
-                       f'image size ({frame.height}, {frame.width})')
-
   def _from_panoptic(self, frame, ann, tracks) -> Annotation:
-    png = ann['png']
-    rgb = _read_png(png)
-    if rgb.ndim != 3 or rgb.shape[2] < 3:
-      raise ValueError(f'{png}: expected an RGB-encoded panoptic PNG, got '
-                       f'shape {rgb.shape}')
-    self._check_shape(rgb, frame, png)
-    rgb = rgb[..., :3].astype(np.int64)
-    ids = rgb[..., 0] + 256 * rgb[..., 1] + 65536 * rgb[..., 2]
+    png = ann["png"]
+    rgb = _read_png(png, frame, (3, 4), "an RGB-encoded panoptic PNG")
+    ids = common.rgb_to_ids(rgb[..., :3])
     infos = {}
-    for s in ann['segments_info']:
-      if s['id'] in infos:
+    for s in ann["segments_info"]:
+      if s["id"] in infos:
         raise ValueError(f'{png}: segment id {s["id"]} listed twice in '
                          'segments_info')
-      infos[s['id']] = s
+      infos[s["id"]] = s
     present = set(np.unique(ids).tolist()) - {metadata.VOID_SEGMENT_ID}
     if present != set(infos) - {metadata.VOID_SEGMENT_ID}:
       raise ValueError(
-          f'{png}: segment ids in the PNG {sorted(present)[:10]} differ from '
-          f'segments_info {sorted(infos)[:10]}')
+          f"{png}: segment ids in the PNG {sorted(present)[:10]} differ from "
+          f"segments_info {sorted(infos)[:10]}")
     panoptic = np.full(ids.shape, VOID, np.int32)
     for sid in sorted(present):
       s = infos[sid]
-      train = self._train_id[s['category_id']]
-      inst = tracks.get(sid, 0) if not s.get('iscrowd', 0) else 0
+      train = self._train_id[s["category_id"]]
+      inst = tracks.get(sid, 0) if not s.get("iscrowd", 0) else 0
       panoptic[ids == sid] = train * LABEL_DIVISOR + inst
     return Annotation(panoptic, self._segment_table(panoptic))
 
   def _from_instances(self, frame, anns, tracks) -> Annotation:
     name = self._mask_name(frame.image_path)
     path = os.path.join(self._path(self.layout.labelmap_dir), name)
-    labels = _read_png(path)
-    if labels.ndim != 2:
-      raise ValueError(f'{path}: expected a single-channel label map, got '
-                       f'shape {labels.shape}')
-    self._check_shape(labels, frame, path)
+    labels = _read_png(path, frame, None, "a single-channel label map")
     valid = set(range(self.meta.num_classes)) | {metadata.IGNORE_LABEL}
     bad = set(np.unique(labels).tolist()) - valid
     if bad:
-      raise ValueError(f'{path}: values {sorted(bad)} are neither train ids '
-                       f'0..{self.meta.num_classes - 1} nor 255')
+      raise ValueError(f"{path}: values {sorted(bad)} are neither train ids "
+                       f"0..{self.meta.num_classes - 1} nor 255")
     panoptic = np.where(labels == metadata.IGNORE_LABEL, VOID,
                         labels.astype(np.int32) * LABEL_DIVISOR)
     for a in anns:
-      seg = a['segmentation']
-      if list(seg['size']) != [frame.height, frame.width]:
+      seg = a["segmentation"]
+      if list(seg["size"]) != [frame.height, frame.width]:
         raise ValueError(f'RLE of annotation {a.get("id")} ({frame.image_id}) '
                          f'has size {seg["size"]}, image is '
                          f'{[frame.height, frame.width]}')
       rle = seg
-      if isinstance(seg['counts'], list):
+      if isinstance(seg["counts"], list):
         rle = mask_util.frPyObjects(seg, frame.height, frame.width)
       mask = mask_util.decode(rle).astype(bool)
-      train = self._train_id[a['category_id']]
-      inst = 0 if a.get('iscrowd', 0) else tracks[a['inst_id']]
+      train = self._train_id[a["category_id"]]
+      inst = 0 if a.get("iscrowd", 0) else tracks[a["inst_id"]]
       panoptic[mask] = train * LABEL_DIVISOR + inst
     return Annotation(panoptic, self._segment_table(panoptic))
 
   def _segment_table(self, panoptic) -> List[Dict]:
     """One row per distinct panoptic value present in the map."""
-    categories = [c.id for c in self.meta.categories]
     rows = []
     values, counts = np.unique(panoptic, return_counts=True)
     for value, count in zip(values.tolist(), counts.tolist()):
       if value < 0:
         continue
       train, inst = divmod(value, LABEL_DIVISOR)
+      category = self.meta.categories[train]
       rows.append({
-          'id': value, 'category_id': categories[train], 'train_id': train,
-          'instance_id': inst,
-          'iscrowd': int(self.meta.categories[train].isthing and inst == 0),
-          'area': count, 'bbox': _bbox_xyxy(panoptic == value)})
+          "id": value, "category_id": category.id, "train_id": train,
+          "instance_id": inst, "iscrowd": int(category.isthing and inst == 0),
+          "area": count, "bbox": _bbox_xyxy(panoptic == value)})
     return rows

@@ -7,7 +7,8 @@ import numpy as np
 
 
 def rgb_to_ids(rgb: np.ndarray) -> np.ndarray:
-  """(H, W, 3) uint8 RGB-encoded ids -> (H, W) int64, id = R + 256 G + 65536 B."""
+  """(H, W, 3) uint8 RGB-encoded ids -> (H, W) int64,
+  id = R + 256 G + 65536 B."""
   rgb = rgb.astype(np.int64)
   return rgb[..., 0] + 256 * rgb[..., 1] + 65536 * rgb[..., 2]
 
@@ -20,7 +21,8 @@ def ids_to_rgb(ids: np.ndarray) -> np.ndarray:
 
 
 class VPQInputError(ValueError):
-  """Malformed ground truth or predictions; the message names file and segment."""
+  """Malformed ground truth or predictions; the message names file and
+  segment."""
 
 
 @dataclasses.dataclass(frozen=True)

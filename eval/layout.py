@@ -58,7 +58,8 @@ def _load_json(path: str, what: str) -> Mapping:
 
 def _require(obj: Mapping, keys: Sequence[str], where: str):
   if not isinstance(obj, Mapping):
-    raise VPQInputError(f"{where}: expected an object, got {type(obj).__name__}")
+    raise VPQInputError(
+        f"{where}: expected an object, got {type(obj).__name__}")
   missing = [k for k in keys if k not in obj]
   if missing:
     raise VPQInputError(f"{where}: missing key(s) {missing}")

@@ -83,8 +83,9 @@ class _VideoEvaluator:
       try:
         sid, cid = int(seg["id"]), seg["category_id"]
       except (KeyError, TypeError, ValueError) as e:
-        raise VPQInputError(f"{where}: malformed {what} segment {seg} of image "
-                            f"{frame.name}: needs 'id' and 'category_id'") from e
+        raise VPQInputError(
+            f"{where}: malformed {what} segment {seg} of image "
+            f"{frame.name}: needs 'id' and 'category_id'") from e
       if not 0 < sid < ID_LIMIT:
         raise VPQInputError(f"{where}: {what} segment id {sid} of image "
                             f"{frame.name} is outside [1, {ID_LIMIT}) "
@@ -104,7 +105,8 @@ class _VideoEvaluator:
 
   @staticmethod
   def _check_pixels(frame: Frame):
-    for arr, src in ((frame.gt, frame.gt_source), (frame.pred, frame.pred_source)):
+    for arr, src in ((frame.gt, frame.gt_source),
+                     (frame.pred, frame.pred_source)):
       if not (arr.ndim == 2 or (arr.ndim == 3 and arr.shape[2] == 3)):
         raise VPQInputError(f"{src or frame.name}: expected (H, W) ids or an "
                             f"(H, W, 3) RGB image, got shape {arr.shape}")

@@ -13,22 +13,22 @@ from data_pipeline import vps_reader
 from tests.data_pipeline import tiny_folders as tiny
 
 pytestmark = pytest.mark.filterwarnings(
-    'ignore:__array__ implementation:DeprecationWarning')
+    "ignore:__array__ implementation:DeprecationWarning")
 
 
-@pytest.fixture(scope='module')
+@pytest.fixture(scope="module")
 def city_root(tmp_path_factory):
-  return tiny.write_cityscapes_vps(str(tmp_path_factory.mktemp('city')))
+  return tiny.write_cityscapes_vps(str(tmp_path_factory.mktemp("city")))
 
 
-@pytest.fixture(scope='module')
+@pytest.fixture(scope="module")
 def viper_root(tmp_path_factory):
-  return tiny.write_viper(str(tmp_path_factory.mktemp('viper')))
+  return tiny.write_viper(str(tmp_path_factory.mktemp("viper")))
 
 
 @pytest.fixture
 def city_copy(city_root, tmp_path):
-  dst = str(tmp_path / 'city')
+  dst = str(tmp_path / "city")
   shutil.copytree(city_root, dst)
   return dst
 
@@ -36,11 +36,11 @@ def city_copy(city_root, tmp_path):
 def _expected_train_panoptic(frame, ids, tracks):
   """train_id * 1000 + track id from the hand-written truth; -1 void."""
   t = tiny.train_truth(**ids)[frame]
-  pan = np.where(t['semantic'] == 255, -1,
-                 t['semantic'].astype(np.int32) * 1000)
-  for o in t['objects']:
-    track = 0 if o['iscrowd'] else tracks[o['inst_id']]
-    pan[o['mask']] = o['category_id'] * 1000 + track
+  pan = np.where(t["semantic"] == 255, -1,
+                 t["semantic"].astype(np.int32) * 1000)
+  for o in t["objects"]:
+    track = 0 if o["iscrowd"] else tracks[o["inst_id"]]
+    pan[o["mask"]] = o["category_id"] * 1000 + track
   return pan
 
 
@@ -48,16 +48,16 @@ def _expected_train_panoptic(frame, ids, tracks):
 
 
 def test_train_split_frames_and_instances(city_root):
-  r = cityscapes_vps.reader(city_root, 'train')
+  r = cityscapes_vps.reader(city_root, "train")
   videos = r.videos()
   assert list(videos) == [1]
   frames = videos[1]
   assert [(f.frame_index, f.annotated) for f in frames] == [(5, True),
                                                              (10, True)]
   f5 = frames[0]
-  assert f5.image_id == '0001_0005_tinytown_000000_000005'
+  assert f5.image_id == "0001_0005_tinytown_000000_000005"
   assert f5.image_path == os.path.join(
-      city_root, 'train/img', f5.image_id + '_newImg8bit.png')
+      city_root, "train/img", f5.image_id + "_newImg8bit.png")
   assert (f5.height, f5.width, f5.video_id) == (tiny.H, tiny.W, 1)
   np.testing.assert_array_equal(r.read_image(f5), tiny.image(1, 5))
   # Tracks numbered by first appearance: car 13001 -> 1, person 11002 -> 2.
@@ -70,29 +70,29 @@ def test_train_split_frames_and_instances(city_root):
     assert ann.panoptic.dtype == np.int32
   ann5 = r.annotation(f5)
   assert ann5.semantic[0, 0] == 255 and ann5.instance[0, 0] == 0
-  rows = {s['id']: s for s in ann5.segments}
+  rows = {s["id"]: s for s in ann5.segments}
   assert sorted(rows) == [0, 10000, 13000, 13001]
-  assert rows[13001] == {'id': 13001, 'category_id': 13, 'train_id': 13,
-                         'instance_id': 1, 'iscrowd': 0, 'area': 6,
-                         'bbox': [1.0, 2.0, 4.0, 4.0]}
-  assert rows[13000]['iscrowd'] == 1 and rows[13000]['area'] == 4
-  assert rows[10000]['area'] == 15  # 16 sky pixels, one ignored.
+  assert rows[13001] == {"id": 13001, "category_id": 13, "train_id": 13,
+                         "instance_id": 1, "iscrowd": 0, "area": 6,
+                         "bbox": [1.0, 2.0, 4.0, 4.0]}
+  assert rows[13000]["iscrowd"] == 1 and rows[13000]["area"] == 4
+  assert rows[10000]["area"] == 15  # 16 sky pixels, one ignored.
   ann10 = r.annotation(frames[1])
-  rows = {s['id']: s for s in ann10.segments}
-  assert rows[11002]['bbox'] == [6.0, 1.0, 7.0, 4.0]
-  assert rows[13001]['bbox'] == [3.0, 2.0, 6.0, 4.0]  # Same id, moved.
+  rows = {s["id"]: s for s in ann10.segments}
+  assert rows[11002]["bbox"] == [6.0, 1.0, 7.0, 4.0]
+  assert rows[13001]["bbox"] == [3.0, 2.0, 6.0, 4.0]  # Same id, moved.
   assert np.all(ann10.semantic[5] == 255)
 
 
 def test_val_split_all_frames_and_panoptic(city_root):
-  r = cityscapes_vps.reader(city_root, 'val')
+  r = cityscapes_vps.reader(city_root, "val")
   frames = r.videos()[2]
   assert [f.frame_index for f in frames] == list(range(1, 11))
   assert [f.frame_index for f in frames if f.annotated] == [5, 10]
   assert frames[0].image_path.endswith(
-      'val/img_all/0002_0001_tinytown_000000_000001_newImg8bit.png')
+      "val/img_all/0002_0001_tinytown_000000_000001_newImg8bit.png")
   np.testing.assert_array_equal(r.read_image(frames[2]), tiny.image(2, 3))
-  with pytest.raises(ValueError, match='not annotated'):
+  with pytest.raises(ValueError, match="not annotated"):
     r.annotation(frames[0])
   assert r.track_ids(2) == {0x0a0b0c: 1, 0x010203: 2}
   lut = {0x000100: 0, 0x000200: 10000, 0x0a0b0c: 13001, 0x000300: 11000,
@@ -102,18 +102,18 @@ def test_val_split_all_frames_and_panoptic(city_root):
     expected = np.vectorize(lut.get)(ids)
     ann = r.annotation(f)
     np.testing.assert_array_equal(ann.panoptic, expected)
-  rows = {s['id']: s for s in r.annotation(frames[4]).segments}
-  assert rows[11000]['iscrowd'] == 1 and rows[11000]['instance_id'] == 0
-  assert rows[13001]['bbox'] == [0.0, 2.0, 3.0, 4.0]
+  rows = {s["id"]: s for s in r.annotation(frames[4]).segments}
+  assert rows[11000]["iscrowd"] == 1 and rows[11000]["instance_id"] == 0
+  assert rows[13001]["bbox"] == [0.0, 2.0, 3.0, 4.0]
   assert r.annotation(frames[4]).semantic[5, 0] == 255
-  rows = {s['id']: s for s in r.annotation(frames[9]).segments}
-  assert rows[18002] == {'id': 18002, 'category_id': 18, 'train_id': 18,
-                         'instance_id': 2, 'iscrowd': 0, 'area': 6,
-                         'bbox': [6.0, 3.0, 8.0, 6.0]}
+  rows = {s["id"]: s for s in r.annotation(frames[9]).segments}
+  assert rows[18002] == {"id": 18002, "category_id": 18, "train_id": 18,
+                         "instance_id": 2, "iscrowd": 0, "area": 6,
+                         "bbox": [6.0, 3.0, 8.0, 6.0]}
 
 
 def test_test_split_has_unannotated_frames(city_root):
-  r = cityscapes_vps.reader(city_root, 'test')
+  r = cityscapes_vps.reader(city_root, "test")
   frames = r.videos()[3]
   assert [(f.frame_index, f.annotated) for f in frames] == [
       (1, False), (2, False), (3, False)]
@@ -124,7 +124,7 @@ def test_test_split_has_unannotated_frames(city_root):
 
 
 def test_viper_train_and_val(viper_root):
-  r = viper.reader(viper_root, 'train')
+  r = viper.reader(viper_root, "train")
   frames = r.videos()[1]
   ids = tiny.VIPER_IDS
   tracks = r.track_ids(1)
@@ -133,148 +133,148 @@ def test_viper_train_and_val(viper_root):
     np.testing.assert_array_equal(
         r.annotation(f).panoptic,
         _expected_train_panoptic(f.frame_index, ids, tracks))
-  r = viper.reader(viper_root, 'val_day')
+  r = viper.reader(viper_root, "val_day")
   frames = r.videos()[2]
   assert [(f.frame_index, f.annotated) for f in frames] == [(5, True),
                                                              (10, True)]
-  assert frames[0].image_path.endswith('val_day/img/'
-                                       '0002_0005_tinytown_000000_000005'
-                                       '_newImg8bit.png')
+  assert frames[0].image_path.endswith("val_day/img/"
+                                       "0002_0005_tinytown_000000_000005"
+                                       "_newImg8bit.png")
   ann = r.annotation(frames[1])
-  rows = {s['id']: s for s in ann.segments}
+  rows = {s["id"]: s for s in ann.segments}
   assert sorted(rows) == [0, 1000, 18002, 19001]
-  assert rows[18002]['category_id'] == 18 and rows[0]['category_id'] == 0
+  assert rows[18002]["category_id"] == 18 and rows[0]["category_id"] == 0
 
 
 # --- Malformed folders ------------------------------------------------------
 
 
 def _edit_json(path, fn):
-  with open(path, encoding='utf-8') as f:
+  with open(path, encoding="utf-8") as f:
     data = json.load(f)
   fn(data)
-  with open(path, 'w', encoding='utf-8') as f:
+  with open(path, "w", encoding="utf-8") as f:
     json.dump(data, f)
 
 
 def test_missing_root_and_json(tmp_path, city_copy):
-  with pytest.raises(FileNotFoundError, match='nowhere'):
-    cityscapes_vps.reader(str(tmp_path / 'nowhere'), 'train')
-  os.remove(os.path.join(city_copy, 'instances_train_city_vps_rle.json'))
+  with pytest.raises(FileNotFoundError, match="nowhere"):
+    cityscapes_vps.reader(str(tmp_path / "nowhere"), "train")
+  os.remove(os.path.join(city_copy, "instances_train_city_vps_rle.json"))
   with pytest.raises(FileNotFoundError,
-                     match='instances_train_city_vps_rle.json'):
-    cityscapes_vps.reader(city_copy, 'train')
-  with pytest.raises(ValueError, match='split must be one of'):
-    cityscapes_vps.reader(city_copy, 'training')
+                     match="instances_train_city_vps_rle.json"):
+    cityscapes_vps.reader(city_copy, "train")
+  with pytest.raises(ValueError, match="split must be one of"):
+    cityscapes_vps.reader(city_copy, "training")
 
 
 def test_invalid_json_and_missing_keys(city_copy):
-  path = os.path.join(city_copy, 'panoptic_gt_val_city_vps.json')
-  with open(path, 'w', encoding='utf-8') as f:
+  path = os.path.join(city_copy, "panoptic_gt_val_city_vps.json")
+  with open(path, "w", encoding="utf-8") as f:
     f.write('{"images": [')
-  with pytest.raises(ValueError, match='panoptic_gt_val_city_vps.json is not '
-                     'valid JSON'):
-    cityscapes_vps.reader(city_copy, 'val')
-  with open(path, 'w', encoding='utf-8') as f:
-    json.dump({'images': [], 'categories': []}, f)
+  with pytest.raises(ValueError, match="panoptic_gt_val_city_vps.json is not "
+                     "valid JSON"):
+    cityscapes_vps.reader(city_copy, "val")
+  with open(path, "w", encoding="utf-8") as f:
+    json.dump({"images": [], "categories": []}, f)
   with pytest.raises(ValueError, match="missing list 'annotations'"):
-    cityscapes_vps.reader(city_copy, 'val')
+    cityscapes_vps.reader(city_copy, "val")
 
 
 def test_polygon_segmentation_is_rejected(city_copy):
-  path = os.path.join(city_copy, 'instances_train_city_vps_rle.json')
-  _edit_json(path, lambda d: d['annotations'][0].update(
+  path = os.path.join(city_copy, "instances_train_city_vps_rle.json")
+  _edit_json(path, lambda d: d["annotations"][0].update(
       segmentation=[[0, 0, 4, 0, 4, 4]]))
-  with pytest.raises(ValueError, match='segmentation is not RLE'):
-    cityscapes_vps.reader(city_copy, 'train')
+  with pytest.raises(ValueError, match="segmentation is not RLE"):
+    cityscapes_vps.reader(city_copy, "train")
 
 
 def test_missing_inst_id_is_rejected(city_copy):
-  path = os.path.join(city_copy, 'instances_train_city_vps_rle.json')
-  _edit_json(path, lambda d: d['annotations'][1].pop('inst_id'))
+  path = os.path.join(city_copy, "instances_train_city_vps_rle.json")
+  _edit_json(path, lambda d: d["annotations"][1].pop("inst_id"))
   with pytest.raises(ValueError, match=r"lacks \['inst_id'\]"):
-    cityscapes_vps.reader(city_copy, 'train')
+    cityscapes_vps.reader(city_copy, "train")
 
 
 def test_missing_image_labelmap_and_png(city_copy):
-  img = os.path.join(city_copy, 'val/img_all',
-                     tiny.name(2, 7) + '_newImg8bit.png')
+  img = os.path.join(city_copy, "val/img_all",
+                     tiny.name(2, 7) + "_newImg8bit.png")
   os.remove(img)
   with pytest.raises(FileNotFoundError, match=tiny.name(2, 7)):
-    cityscapes_vps.reader(city_copy, 'val')
-  label = os.path.join(city_copy, 'train/labelmap',
-                       tiny.name(1, 10) + '_final_mask.png')
+    cityscapes_vps.reader(city_copy, "val")
+  label = os.path.join(city_copy, "train/labelmap",
+                       tiny.name(1, 10) + "_final_mask.png")
   os.remove(label)
-  with pytest.raises(FileNotFoundError, match='Missing label map: .*'
+  with pytest.raises(FileNotFoundError, match="Missing label map: .*"
                      + tiny.name(1, 10)):
-    cityscapes_vps.reader(city_copy, 'train')
+    cityscapes_vps.reader(city_copy, "train")
 
 
 def test_missing_panoptic_png(city_copy):
-  os.remove(os.path.join(city_copy, 'val/panoptic_video',
-                         tiny.name(2, 10) + '_final_mask.png'))
-  with pytest.raises(FileNotFoundError, match='Missing panoptic PNG'):
-    cityscapes_vps.reader(city_copy, 'val')
+  os.remove(os.path.join(city_copy, "val/panoptic_video",
+                         tiny.name(2, 10) + "_final_mask.png"))
+  with pytest.raises(FileNotFoundError, match="Missing panoptic PNG"):
+    cityscapes_vps.reader(city_copy, "val")
 
 
 def test_bad_image_name(city_copy):
-  path = os.path.join(city_copy, 'im_all_info_test_city_vps.json')
-  _edit_json(path, lambda d: d['images'][0].update(file_name='frame1.png'))
+  path = os.path.join(city_copy, "im_all_info_test_city_vps.json")
+  _edit_json(path, lambda d: d["images"][0].update(file_name="frame1.png"))
   with pytest.raises(ValueError, match="'frame1.png' does not start with a "
-                     '4-digit video id'):
-    cityscapes_vps.reader(city_copy, 'test')
+                     "4-digit video id"):
+    cityscapes_vps.reader(city_copy, "test")
 
 
 def test_png_segment_not_in_json(city_copy):
-  path = os.path.join(city_copy, 'panoptic_gt_val_city_vps.json')
-  _edit_json(path, lambda d: d['annotations'][1]['segments_info'].pop(2))
-  r = cityscapes_vps.reader(city_copy, 'val')
+  path = os.path.join(city_copy, "panoptic_gt_val_city_vps.json")
+  _edit_json(path, lambda d: d["annotations"][1]["segments_info"].pop(2))
+  r = cityscapes_vps.reader(city_copy, "val")
   frame = r.videos()[2][9]
-  with pytest.raises(ValueError, match=tiny.name(2, 10) + '_final_mask.png: '
-                     'segment ids in the PNG'):
+  with pytest.raises(ValueError, match=tiny.name(2, 10) + "_final_mask.png: "
+                     "segment ids in the PNG"):
     r.annotation(frame)
 
 
 def test_unknown_category(city_copy):
-  path = os.path.join(city_copy, 'panoptic_gt_val_city_vps.json')
-  _edit_json(path, lambda d: d['annotations'][0]['segments_info'][0].update(
+  path = os.path.join(city_copy, "panoptic_gt_val_city_vps.json")
+  _edit_json(path, lambda d: d["annotations"][0]["segments_info"][0].update(
       category_id=42))
-  with pytest.raises(ValueError, match='unknown category_id 42'):
-    cityscapes_vps.reader(city_copy, 'val')
+  with pytest.raises(ValueError, match="unknown category_id 42"):
+    cityscapes_vps.reader(city_copy, "val")
 
 
 def test_bad_labelmap_values_and_sizes(city_copy):
-  label = os.path.join(city_copy, 'train/labelmap',
-                       tiny.name(1, 5) + '_final_mask.png')
+  label = os.path.join(city_copy, "train/labelmap",
+                       tiny.name(1, 5) + "_final_mask.png")
   bad = np.full((tiny.H, tiny.W), 77, np.uint8)
   Image.fromarray(bad).save(label)
-  r = cityscapes_vps.reader(city_copy, 'train')
-  with pytest.raises(ValueError, match=r'values \[77\] are neither train ids'):
+  r = cityscapes_vps.reader(city_copy, "train")
+  with pytest.raises(ValueError, match=r"values \[77\] are neither train ids"):
     r.annotation(r.videos()[1][0])
   Image.fromarray(np.zeros((3, 3), np.uint8)).save(label)
-  with pytest.raises(ValueError, match='size'):
+  with pytest.raises(ValueError, match="size"):
     r.annotation(r.videos()[1][0])
 
 
 def test_rle_size_mismatch(city_copy):
-  path = os.path.join(city_copy, 'instances_train_city_vps_rle.json')
-  _edit_json(path, lambda d: d['annotations'][0]['segmentation'].update(
+  path = os.path.join(city_copy, "instances_train_city_vps_rle.json")
+  _edit_json(path, lambda d: d["annotations"][0]["segmentation"].update(
       size=[3, 3]))
-  r = cityscapes_vps.reader(city_copy, 'train')
-  with pytest.raises(ValueError, match='RLE of annotation 1'):
+  r = cityscapes_vps.reader(city_copy, "train")
+  with pytest.raises(ValueError, match="RLE of annotation 1"):
     r.annotation(r.videos()[1][0])
 
 
 def test_annotated_frame_missing_from_all_frames(city_copy):
-  path = os.path.join(city_copy, 'im_all_info_val_city_vps.json')
-  _edit_json(path, lambda d: d['images'].pop(4))
-  with pytest.raises(ValueError, match='annotated images missing from the '
-                     'all-frames list'):
-    cityscapes_vps.reader(city_copy, 'val')
+  path = os.path.join(city_copy, "im_all_info_val_city_vps.json")
+  _edit_json(path, lambda d: d["images"].pop(4))
+  with pytest.raises(ValueError, match="annotated images missing from the "
+                     "all-frames list"):
+    cityscapes_vps.reader(city_copy, "val")
 
 
 def test_layout_with_two_sources_is_rejected(city_root):
-  lay = vps_reader.Layout(split='x', images_dir='train/img',
-                          instances_json='a.json', panoptic_json='b.json')
-  with pytest.raises(ValueError, match='one annotation source'):
+  lay = vps_reader.Layout(split="x", images_dir="train/img",
+                          instances_json="a.json", panoptic_json="b.json")
+  with pytest.raises(ValueError, match="one annotation source"):
     vps_reader.VpsReader(city_root, lay, cityscapes_vps.META)

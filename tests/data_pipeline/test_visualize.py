@@ -24,17 +24,17 @@ def test_colors_are_stable_per_class_and_id():
   blended = visualize.colorize(a, META, image=image, alpha=0.5)
   np.testing.assert_array_equal(
       blended[0, 1], np.round(0.5 * np.array(META.categories[0].color) + 50))
-  with pytest.raises(ValueError, match='train id 9'):
+  with pytest.raises(ValueError, match="train id 9"):
     visualize.colorize(np.array([[9000]]), META)
 
 
 def test_write_gif(tmp_path):
   frames = [np.full((4, 5, 3), v, np.uint8) for v in (0, 120, 255)]
-  path = str(tmp_path / 'video.gif')
+  path = str(tmp_path / "video.gif")
   visualize.write_gif(frames, path, fps=10)
   with Image.open(path) as gif:
     assert gif.n_frames == 3 and gif.size == (5, 4)
     gif.seek(1)
-    assert np.asarray(gif.convert('RGB'))[0, 0].tolist() == [120, 120, 120]
-  with pytest.raises(ValueError, match='No frames'):
+    assert np.asarray(gif.convert("RGB"))[0, 0].tolist() == [120, 120, 120]
+  with pytest.raises(ValueError, match="No frames"):
     visualize.write_gif([], path)

@@ -1,7 +1,7 @@
-"""`vps_synthetic`: a built-in synthetic video panoptic dataset.
+"""The renderer of `vps_synthetic`: one 30-frame snippet per call.
 
-Driving-like 30-frame snippets rendered from a few rigid 2-D layers, so that
-the generator knows every pixel's motion exactly:
+Driving-like snippets rendered from a few rigid 2-D layers, so that the
+generator knows every pixel's motion exactly:
 
 * stuff: sky, building, vegetation (a skyline), sidewalk and road, with
   parallax between far and near layers under a panning, slightly bobbing
@@ -15,62 +15,25 @@ the generator knows every pixel's motion exactly:
   brightness flicker, occasional blur, and short (1-2 frame) occluding blobs,
   which a reference frame can compensate.
 
-Everything is deterministic from `(seed, split, video index)`.
-
-On-disk layout written by `write_dataset(out_dir, ...)` (the Cityscapes-VPS
-layout, names `VVVV_FFFF_synthetic_VVVVVV_FFFFFF`, video id V from 1, frame
-index F in 1..30, frames 5, 10, ..., 30 annotated):
-
-  OUT/panoptic_gt_{train,val}_city_vps.json   VPQ ground truth (eval.vpq)
-  OUT/panoptic_im_{train,val}_city_vps.json   annotated image list
-  OUT/instances_{train,val}_city_vps_rle.json COCO instances, RLE + inst_id
-  OUT/im_all_info_{train,val}_city_vps.json   all frames (for inference)
-  OUT/{train,val}/img/NAME_newImg8bit.png     annotated frames
-  OUT/{train,val}/img_all/NAME_newImg8bit.png all 30 frames per video
-  OUT/{train,val}/labelmap/NAME_final_mask.png  uint8 train ids, 255 = void
-  OUT/{train,val}/panoptic_video/NAME_final_mask.png  RGB segment ids
-  OUT/{train,val}/flow/VVVV.npz               exact motion of every pixel
-
-Panoptic segment ids (id = R + 256 G + 65536 B in the PNGs) are
-`(category_id + 1) * 1000 + k` with k = 0 for stuff and k = 1, 2, ... for the
-thing instances of a video, the same id in every frame of the video; 0 is
-void. The COCO `inst_id` of an instance is its segment id. Integer image ids
-in the COCO files are `video_id * 10000 + frame_index`.
-
-Ground-truth flow: `flow/VVVV.npz` holds `layer` (uint16 [30, H, W], the rigid
-layer visible at each pixel) and `offsets` (int32 [L, 30, 2], each layer's
-(dy, dx) position per frame). `flow_between(load_flow_fields(path), f0, f1)`
-gives the flow between any two frames f0, f1 (1-based frame indices) and the
-mask of pixels still visible in f1.
-
-`reader(OUT, split)` reads a written split with the Cityscapes-VPS reader
-(`vps_reader`); `tfds_builders.VpsSynthetic` converts it to TFDS shards.
-
-Command: `python -m data_pipeline.synthetic --out DIR [--videos N
---val-videos M --height H --width W --seed S]`.
+Everything is deterministic from `(seed, split, video index)`. Panoptic
+segment ids are `(category_id + 1) * 1000 + k` with k = 0 for stuff and
+k = 1, 2, ... for the thing instances of a video, the same id in every frame
+of the video; 0 is void.
 """
-import argparse
 import dataclasses
-import json
-import os
 from typing import Dict, List, Tuple
 
 import cv2
 import numpy as np
-from PIL import Image
-from pycocotools import mask as mask_util
-import tqdm
 
-from data_pipeline import cityscapes_vps
 from data_pipeline import metadata
-from data_pipeline import vps_reader
 
 META = metadata.SYNTHETIC
 ROAD, SIDEWALK, BUILDING, VEGETATION, SKY, PERSON, CAR, TRUCK = range(8)
 THING_CLASSES = (PERSON, CAR, TRUCK)
 IGNORE = metadata.IGNORE_LABEL
-SPLITS = ('train', 'val')
-_SPLIT_CODE = {'train': 0, 'val': 1}
+SPLITS = ("train", "val")
+_SPLIT_CODE = {"train": 0, "val": 1}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -223,7 +186,8 @@ def _background_offsets(cfg, ego, speed, bob):
 def _sky_layer(rng, cfg, ego, bob):
   offsets, (h, w) = _background_offsets(cfg, ego, 0.1, bob)
   y = np.linspace(0, 1, h, dtype=np.float32)[:, None, None]
-  top, bottom = _jitter(rng, (90, 140, 200), 15), _jitter(rng, (180, 205, 230), 15)
+  top = _jitter(rng, (90, 140, 200), 15)
+  bottom = _jitter(rng, (180, 205, 230), 15)
   rgb = top * (1 - y) + bottom * y + np.zeros((h, w, 3), np.float32)
   clouds = np.clip(_smooth_noise(rng, h, w, cfg.width / 8), 0, None)
   rgb += 40 * clouds[..., None]
@@ -285,7 +249,8 @@ def _ground_layer(rng, cfg, ego, bob, horizon):
   rgb += 14 * _smooth_noise(rng, h, w, cfg.width / 48)[..., None]
   lane_y = walk + (h - margin - walk) * 0.45
   dash = max(4, cfg.width // 12)
-  lane = (np.abs(yy - lane_y) < max(1, cfg.height / 80)) & ((xx % (2 * dash)) < dash)
+  lane = ((np.abs(yy - lane_y) < max(1, cfg.height / 80)) &
+          ((xx % (2 * dash)) < dash))
   rgb[lane] = (230, 230, 220)
   tiles = max(3, cfg.width // 30)
   rgb[(semantic == SIDEWALK) & ((xx % tiles) == 0)] *= 0.8
@@ -372,7 +337,7 @@ def _instance_layers(rng, cfg, tracks, horizon, bob):
       (TRUCK, rng.choice([(240, 140, 20), (60, 140, 60)])))}
   dark = (30, 30, 35)
   layers, categories = [], {}
-  order = np.argsort([tr.y_bottom for tr in tracks], kind='stable')
+  order = np.argsort([tr.y_bottom for tr in tracks], kind="stable")
   for k, i in enumerate(order, start=1):
     tr = tracks[i]
     draw = _SPRITES[tr.category][2]
@@ -451,10 +416,10 @@ def generate_video(cfg: SyntheticConfig, seed: int, split: str,
   id `video_index + 1` in train and `num_videos + video_index + 1` in val.
   """
   if split not in _SPLIT_CODE:
-    raise ValueError(f'split must be one of {SPLITS}, got {split!r}')
+    raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
   if cfg.height < 32 or cfg.width < 32:
-    raise ValueError(f'height and width must be >= 32, got {cfg.height}x'
-                     f'{cfg.width}')
+    raise ValueError(f"height and width must be >= 32, got {cfg.height}x"
+                     f"{cfg.width}")
   rng = np.random.default_rng([seed, _SPLIT_CODE[split], video_index])
   t = np.arange(cfg.num_frames)
   ego = rng.uniform(0.004, 0.012) * cfg.width * rng.choice([-1.0, 1.0])
@@ -478,207 +443,3 @@ def generate_video(cfg: SyntheticConfig, seed: int, split: str,
   return SyntheticVideo(frames, np.clip(np.round(rgb), 0, 255).astype(np.uint8),
                         semantic, segments, index, offsets, categories)
 
-
-# ----------------------------------------------------------------------------
-# Ground-truth flow.
-
-
-def load_flow_fields(path: str) -> Dict[str, np.ndarray]:
-  """Reads `flow/VVVV.npz`: {'layer': uint16 [T,H,W], 'offsets': int32 [L,T,2]}."""
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f'Ground-truth flow file not found: {path}')
-  with np.load(path) as data:
-    for key in ('layer', 'offsets'):
-      if key not in data:
-        raise ValueError(f'{path} has no array {key!r}')
-    return {'layer': data['layer'], 'offsets': data['offsets']}
-
-
-def flow_between(fields, frame0: int, frame1: int):
-  """Exact optical flow from frame `frame0` to frame `frame1` (1-based).
-
-  Args:
-    fields: a `SyntheticVideo` or the dict of `load_flow_fields`.
-    frame0: source frame index, 1..T.
-    frame1: target frame index, 1..T.
-
-  Returns:
-    flow: float32 [H, W, 2], (dx, dy) per pixel of frame0 (OpenCV
-      convention): pixel (x, y) of frame0 shows the same scene point as pixel
-      (x + dx, y + dy) of frame1.
-    visible: bool [H, W], True where that point is inside frame1 and not
-      occluded there.
-  """
-  if isinstance(fields, SyntheticVideo):
-    layer, offsets = fields.layer, fields.offsets
-  else:
-    layer, offsets = fields['layer'], fields['offsets']
-  t_n, h, w = layer.shape
-  for f in (frame0, frame1):
-    if not 1 <= f <= t_n:
-      raise ValueError(f'frame index {f} outside 1..{t_n}')
-  t0, t1 = frame0 - 1, frame1 - 1
-  src = layer[t0].astype(np.int64)
-  delta = (offsets[:, t1] - offsets[:, t0])[src]  # [H, W, 2] (dy, dx)
-  yy, xx = np.mgrid[0:h, 0:w]
-  ty, tx = yy + delta[..., 0], xx + delta[..., 1]
-  inside = (ty >= 0) & (ty < h) & (tx >= 0) & (tx < w)
-  visible = inside.copy()
-  visible[inside] = layer[t1][ty[inside], tx[inside]] == src[inside]
-  flow = np.stack([delta[..., 1], delta[..., 0]], -1).astype(np.float32)
-  return flow, visible
-
-
-# ----------------------------------------------------------------------------
-# Writing the Cityscapes-VPS layout.
-
-
-def image_name(video_id: int, frame_index: int) -> str:
-  """E.g. image_name(1, 5) == '0001_0005_synthetic_000001_000005'."""
-  return (f'{video_id:04d}_{frame_index:04d}_synthetic_{video_id:06d}_'
-          f'{frame_index:06d}')
-
-
-def encode_segment_rgb(segments: np.ndarray) -> np.ndarray:
-  """int [H, W] segment ids -> uint8 [H, W, 3], id = R + 256 G + 65536 B."""
-  s = segments.astype(np.int64)
-  return np.stack([s % 256, (s // 256) % 256, s // 65536], -1).astype(np.uint8)
-
-
-def _bbox(mask):
-  ys, xs = np.nonzero(mask)
-  return [int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1),
-          int(ys.max() - ys.min() + 1)]
-
-
-def _save_png(path, array):
-  Image.fromarray(array).save(path)
-
-
-def _write_json(path, obj):
-  with open(path, 'w', encoding='utf-8') as f:
-    json.dump(obj, f)
-
-
-def write_split(out_dir: str, split: str, cfg: SyntheticConfig, seed: int,
-                video_ids: List[int], progress: bool = True):
-  """Renders and writes the videos of one split (see the module docstring)."""
-  root = os.path.join(out_dir, split)
-  for sub in ('img', 'img_all', 'labelmap', 'panoptic_video', 'flow'):
-    os.makedirs(os.path.join(root, sub), exist_ok=True)
-  pan_images, pan_annotations = [], []
-  coco_images, coco_annotations, all_images = [], [], []
-  for index, vid in enumerate(tqdm.tqdm(video_ids, desc=f'{split} videos',
-                                        disable=not progress)):
-    video = generate_video(cfg, seed, split, index)
-    np.savez_compressed(os.path.join(root, 'flow', f'{vid:04d}.npz'),
-                        layer=video.layer, offsets=video.offsets)
-    for t in range(cfg.num_frames):
-      fid = t + 1
-      name = image_name(vid, fid)
-      img_file = f'{name}_newImg8bit.png'
-      info = {'id': vid * 10000 + fid, 'file_name': img_file,
-              'width': cfg.width, 'height': cfg.height}
-      _save_png(os.path.join(root, 'img_all', img_file), video.frames[t])
-      all_images.append(info)
-      if fid not in cfg.annotated_frames:
-        continue
-      _save_png(os.path.join(root, 'img', img_file), video.frames[t])
-      mask_file = f'{name}_final_mask.png'
-      _save_png(os.path.join(root, 'labelmap', mask_file), video.semantic[t])
-      _save_png(os.path.join(root, 'panoptic_video', mask_file),
-                encode_segment_rgb(video.segments[t]))
-      coco_images.append(dict(info))
-      pan_images.append({'id': name, 'file_name': img_file,
-                         'width': cfg.width, 'height': cfg.height})
-      segs = []
-      ids, areas = np.unique(video.segments[t], return_counts=True)
-      for sid, area in zip(ids.tolist(), areas.tolist()):
-        if sid == 0:
-          continue
-        m = video.segments[t] == sid
-        cat = video.categories[sid]
-        segs.append({'id': sid, 'category_id': cat, 'area': area,
-                     'iscrowd': 0, 'bbox': _bbox(m)})
-        if cat in THING_CLASSES:
-          rle = mask_util.encode(np.asfortranarray(m.astype(np.uint8)))
-          coco_annotations.append({
-              'id': len(coco_annotations) + 1,
-              'image_id': info['id'], 'category_id': cat, 'inst_id': sid,
-              'iscrowd': 0, 'area': float(mask_util.area(rle)),
-              'bbox': [float(v) for v in mask_util.toBbox(rle)],
-              'segmentation': {'size': [int(v) for v in rle['size']],
-                               'counts': rle['counts'].decode('ascii')}})
-      pan_annotations.append({'image_id': name, 'file_name': mask_file,
-                              'segments_info': segs})
-  cats = META.coco_categories()
-  _write_json(os.path.join(out_dir, f'panoptic_gt_{split}_city_vps.json'),
-              {'images': pan_images, 'annotations': pan_annotations,
-               'categories': cats})
-  _write_json(os.path.join(out_dir, f'panoptic_im_{split}_city_vps.json'),
-              {'images': coco_images, 'annotations': [], 'categories': cats})
-  _write_json(os.path.join(out_dir, f'instances_{split}_city_vps_rle.json'),
-              {'images': coco_images, 'annotations': coco_annotations,
-               'categories': META.coco_categories(things_only=True)})
-  _write_json(os.path.join(out_dir, f'im_all_info_{split}_city_vps.json'),
-              {'images': all_images, 'annotations': [], 'categories': cats})
-
-
-def write_dataset(out_dir: str, num_videos: int = 4, num_val_videos=None,
-                  height: int = 128, width: int = 256, seed: int = 0,
-                  progress: bool = True) -> SyntheticConfig:
-  """Writes train (video ids 1..N) and val (N+1..N+M) splits to `out_dir`."""
-  if num_videos < 1:
-    raise ValueError(f'num_videos must be >= 1, got {num_videos}')
-  num_val = num_videos if num_val_videos is None else num_val_videos
-  if num_val < 1:
-    raise ValueError(f'num_val_videos must be >= 1, got {num_val}')
-  cfg = SyntheticConfig(height=height, width=width)
-  os.makedirs(out_dir, exist_ok=True)
-  write_split(out_dir, 'train', cfg, seed, list(range(1, num_videos + 1)),
-              progress)
-  write_split(out_dir, 'val', cfg, seed,
-              list(range(num_videos + 1, num_videos + num_val + 1)), progress)
-  return cfg
-
-
-def layout(split: str) -> vps_reader.Layout:
-  """Reader layout of a written split: all frames, Cityscapes-VPS labels
-  (train from instances + label maps, val from the panoptic ground truth)."""
-  if split == 'train':  # Cityscapes-VPS's, plus all frames (references).
-    return dataclasses.replace(
-        cityscapes_vps.layout('train'), all_images_dir='train/img_all',
-        all_images_json='im_all_info_train_city_vps.json')
-  if split == 'val':
-    return cityscapes_vps.layout('val')
-  raise ValueError(f'vps_synthetic split must be one of {SPLITS}, got '
-                   f'{split!r}')
-
-
-def reader(root: str, split: str) -> vps_reader.VpsReader:
-  """A validated reader of a split written by `write_dataset`."""
-  return vps_reader.VpsReader(root, layout(split), META)
-
-
-def main(argv=None):
-  parser = argparse.ArgumentParser(
-      description='Write the vps_synthetic dataset in the Cityscapes-VPS '
-      'layout.')
-  parser.add_argument('--out', required=True, help='output directory')
-  parser.add_argument('--videos', type=int, default=4,
-                      help='number of training videos')
-  parser.add_argument('--val-videos', type=int, default=None,
-                      help='number of validation videos (default: --videos)')
-  parser.add_argument('--height', type=int, default=128)
-  parser.add_argument('--width', type=int, default=256)
-  parser.add_argument('--seed', type=int, default=0)
-  args = parser.parse_args(argv)
-  write_dataset(args.out, args.videos, args.val_videos, args.height,
-                args.width, args.seed)
-  print(f'Wrote vps_synthetic to {args.out}: VPQ ground truth '
-        f'{os.path.join(args.out, "panoptic_gt_val_city_vps.json")} with '
-        f'{os.path.join(args.out, "val", "panoptic_video")}')
-
-
-if __name__ == '__main__':
-  main()
