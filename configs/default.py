@@ -69,6 +69,12 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.max_candidates = 2000
   # Compute dtype (`float32` or `bfloat16`); parameters stay float32.
   config.model.dtype = "float32"
+  # Convolution implementation (vpsnet_jax.ops.conv): 'auto' | 'xla' | 'cpu'.
+  # 'xla': lax.conv everywhere (the GPU/TPU path); 'cpu': CPU-tuned im2col /
+  # matmul weight gradients; 'auto': 'cpu' when the default JAX backend is
+  # the CPU, else 'xla' (resolved once, when the model is built). Same
+  # parameters and, to float rounding, the same outputs.
+  config.model.conv = "auto"
   # UPSNet semantic head: deformable-conv widths and GroupNorm groups.
   config.model.semantic_features = (128, 128, 128)
   config.model.semantic_groups = 32

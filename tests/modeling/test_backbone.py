@@ -109,27 +109,6 @@ def test_frozen_stages_get_no_gradient(resnet18):
   assert mask["layer2_0"]["conv1"]["kernel"]
 
 
-def test_importer_from_file_and_errors(tmp_path, resnet18):
-  tmodel, model, variables, _ = resnet18
-  state = {"backbone.body." + k: v for k, v in tmodel.state_dict().items()}
-  path = str(tmp_path / "r18.pth")
-  torch.save(state, path)
-  loaded = torchvision_import.load_torchvision_resnet(path, variables)
-  for a, b in zip(jax.tree_util.tree_leaves(loaded),
-                  jax.tree_util.tree_leaves(variables)):
-    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-  npz = str(tmp_path / "r18.npz")
-  np.savez(npz, **{k: v.numpy() for k, v in tmodel.state_dict().items()})
-  torchvision_import.load_torchvision_resnet(npz, variables)
-  partial = dict(tmodel.state_dict())
-  partial.pop("layer3.1.bn2.running_var")
-  with pytest.raises(KeyError, match="not in the state dict"):
-    torchvision_import.import_resnet(partial, variables)
-  r50 = torchvision.models.resnet50().state_dict()
-  with pytest.raises((KeyError, ValueError)):
-    torchvision_import.import_resnet(r50, variables)
-
-
 def test_trainable_affine_option():
   model = backbone.ResNet(depth=18, train_bn_affine=True)
   variables = jax.eval_shape(model.init, jax.random.key(0),

@@ -13,6 +13,10 @@ import jax.numpy as jnp
 from data_pipeline import synthetic
 from vpsnet_jax.modeling import detector
 from vpsnet_jax.ops import boxes as box_ops
+from vpsnet_jax.ops import conv as conv_ops
+
+# Every test shares the compiled Mask R-CNN losses; one overfits.
+pytestmark = pytest.mark.slow
 
 CFG = detector.DetectorConfig(
     num_classes=3, depth=18, fpn_dim=64, box_fc_dim=128, mask_conv_dim=32,
@@ -20,7 +24,10 @@ CFG = detector.DetectorConfig(
     max_detections=20, max_candidates=300, anchor_scales=(4.0,),
     # Every level sees sampled anchors at this tiny size (P5 / P6 anchors
     # would all cross the border), so every parameter gets a gradient.
-    rpn_allowed_border=-1.0)
+    rpn_allowed_border=-1.0,
+    # The convolutions for this backend (the CPU-tuned ones on the CPU), as
+    # the experiment's model factory resolves config.model.conv="auto".
+    conv_impl=conv_ops.resolve_conv_impl("auto"))
 H, W, G = 128, 256, 8
 
 

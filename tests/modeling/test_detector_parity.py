@@ -22,6 +22,9 @@ import jax.numpy as jnp
 
 from vpsnet_jax.checkpoints import maskrcnn_import
 from vpsnet_jax.modeling import detector
+from vpsnet_jax.ops import conv as conv_ops
+
+pytestmark = pytest.mark.slow  # Builds and compiles both Mask R-CNNs.
 
 H, W, K = 128, 128, 4
 
@@ -51,7 +54,8 @@ def both_models():
   cfg = detector.DetectorConfig(
       num_classes=K - 1, depth=18, frozen_stages=-1, offset=0.0,
       anchor_style="torchvision", rpn_test_proposals=300, max_detections=30,
-      max_candidates=None, score_threshold=0.05, nms_iou=0.5)
+      max_candidates=None, score_threshold=0.05, nms_iou=0.5,
+      conv_impl=conv_ops.resolve_conv_impl("auto"))
   model = detector.MaskRCNN(cfg)
   images = np.random.default_rng(0).normal(size=(1, H, W, 3)).astype(
       np.float32)

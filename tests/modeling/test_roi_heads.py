@@ -163,7 +163,8 @@ def test_sample_counts_and_randomness():
   s = assign.sample(jax.random.PRNGKey(0), few, 8, 0.25)
   assert int(s.num_positive) == 2
   assert np.asarray(s.valid).sum() == 4
-  assert sorted(np.asarray(s.index)[np.asarray(s.valid)].tolist()) == [0, 1, 2, 4]
+  assert sorted(np.asarray(s.index)[np.asarray(s.valid)].tolist()) == [
+      0, 1, 2, 4]
 
 
 def test_sample_rois_targets():

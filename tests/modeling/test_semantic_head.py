@@ -1,6 +1,5 @@
 """UPSNet semantic head against a torch/torchvision float64 reference."""
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch

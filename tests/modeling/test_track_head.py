@@ -1,6 +1,5 @@
 """Track head: embeddings vs NumPy, affinity and loss on hand-computed cases."""
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from vpsnet_jax.modeling.track_head import (TrackHead, track_affinity,
@@ -84,7 +83,7 @@ def test_grads_reach_every_param_one_compile():
   ref_valid = np.array([True, True, True, False])
   target_index = np.array([1, 2, 0, 3, 0, 1])
   positive = np.array([True, True, True, True, False, False])
-  for i in range(2):
+  for _ in range(2):
     rois = rng.standard_normal((6, 7, 7, 3)).astype(np.float32)
     ref_rois = rng.standard_normal((4, 7, 7, 3)).astype(np.float32)
     value, grads = loss_and_grads(params, rois, ref_rois, ref_valid,

@@ -2,7 +2,11 @@
 (finite losses, gradients reach every trainable parameter it has), one
 compile per input shape across frames, features aligned by the synthetic
 data's exact flow, and a short overfit in which the semantic, panoptic and
-track losses fall and the track head matches > 90 % of RoIs."""
+track losses fall and the track head matches > 90 % of RoIs; the
+convolution implementation (`conv_impl`) reaches every convolution, leaves
+the parameters alone and, "xla" against "cpu", gives the same losses and
+gradients."""
+import dataclasses
 import functools
 
 import jax
@@ -12,13 +16,18 @@ import optax
 import pytest
 
 from data_pipeline import metadata
+from data_pipeline import sources
 from data_pipeline import synthetic
 from data_pipeline import transforms
 from tests import vps_tiny
+from vpsnet_jax import experiment
+from vpsnet_jax.modeling import detector
 from vpsnet_jax.modeling import vpsnet
+from vpsnet_jax.ops import conv as conv_ops
+from vpsnet_jax.train import tasks
+from vpsnet_jax.ops.resize import quarter_flow
 from vpsnet_jax.ops.warp import warp
 from vpsnet_jax.train import input as input_lib
-from vpsnet_jax.train import tasks
 
 META = metadata.SYNTHETIC
 DETECTOR_LOSSES = {"loss_rpn_cls", "loss_rpn_bbox", "loss_cls", "loss_bbox",
@@ -30,7 +39,7 @@ def pairs(tmp_path_factory):
   """Four training pairs of the tiny synthetic set, as two batches of 2."""
   root = tmp_path_factory.mktemp("vps")
   c = vps_tiny.config()
-  source, index = input_lib.open_split(c, str(root), "train")
+  source, index = sources.open_split(c, str(root), "train")
   it = input_lib.train_batches(source, index, c, 2)
   return [jax.tree_util.tree_map(lambda x: x[0], next(it)) for _ in range(2)]
 
@@ -42,7 +51,7 @@ class Compiled:
   def __init__(self, variant):
     self.config = vps_tiny.config(variant)
     self.task = tasks.create_task(self.config, META)
-    self.model = vpsnet.VPSNet(tasks.model_config(self.config, META))
+    self.model = vpsnet.VPSNet(experiment.model_config(self.config, META))
     self.variables = jax.jit(self.task.init)(jax.random.PRNGKey(0))
     self.traces = {"grad": 0, "infer": 0}
 
@@ -67,6 +76,7 @@ def compiled(variant) -> Compiled:
   return Compiled(variant)
 
 
+@pytest.mark.slow  # Compiles the tiny VPSNet's train step.
 @pytest.mark.parametrize("variant", list(vpsnet.VARIANTS))
 def test_variant_trains_and_gradients_reach_its_parameters(pairs, variant):
   c = compiled(variant)
@@ -102,6 +112,7 @@ def _infer_inputs(batch, gathered=None, has_ref=True):
           np.full((n,), has_ref))
 
 
+@pytest.mark.slow  # Compiles the tiny VPSNet's train step and inference.
 def test_one_compile_per_shape_across_frames(pairs):
   c = compiled("fusetrack")
   for i in range(3):
@@ -125,6 +136,7 @@ def test_one_compile_per_shape_across_frames(pairs):
     assert keep[i][owners].all()
 
 
+@pytest.mark.slow  # Compiles the tiny VPSNet's inference.
 def test_first_frame_is_its_own_reference(pairs):
   """has_reference=False ignores the reference: any value gives the same
   output as the target passed as its own reference."""
@@ -155,7 +167,7 @@ def test_exact_flow_aligns_reference_features():
                        transforms.normalize(video.frames[r - 1])])
     p2 = np.asarray(features(c.variables, images))
     flow, visible = synthetic.flow_between(video, t, r)
-    flow_q = vpsnet.quarter_flow(flow[None])
+    flow_q = quarter_flow(flow[None])
     assert np.abs(flow_q).max() > 1.0  # The frames really moved.
     aligned = np.asarray(warp(jnp.asarray(p2[1:]), flow_q))[0]
     vis = visible.reshape(32, 4, 64, 4).all(axis=(1, 3))
@@ -167,6 +179,7 @@ def test_exact_flow_aligns_reference_features():
 STEPS = 120
 
 
+@pytest.mark.slow  # Compiles the tiny VPSNet's train step (training loop).
 def test_overfits_pairs_and_track_head_matches(pairs):
   c = compiled("fusetrack")
   tx = optax.adam(1e-3)
@@ -196,6 +209,7 @@ def test_overfits_pairs_and_track_head_matches(pairs):
   assert np.mean(acc) > 0.9, acc
 
 
+@pytest.mark.slow  # Compiles the tiny VPSNet's train step twice.
 def test_bfloat16_compute_keeps_float32_parameters(pairs):
   """model.dtype='bfloat16': float32 parameters and gradients, finite, and
   the loss terms near float32's at the same parameters."""
@@ -213,3 +227,83 @@ def test_bfloat16_compute_keeps_float32_parameters(pairs):
   for k in ("loss_semantic", "loss_panoptic", "loss_rpn_cls", "loss_mask",
             "loss_track"):
     assert float(metrics[k]) == pytest.approx(float(ref[k]), rel=0.1), k
+
+
+def test_conv_impl_reaches_every_convolution(monkeypatch):
+  """VPSNetConfig.conv_impl is the one switch: every conv2d call of the
+  model (traced abstractly, nothing compiled) gets it, and the parameters
+  (names, shapes, dtypes) are the same for both implementations."""
+  cfg = experiment.model_config(vps_tiny.config("fusetrack"), META)
+  seen = []
+  original = conv_ops.conv2d
+
+  def spy(*args, impl="xla", **kwargs):
+    seen.append(impl)
+    return original(*args, impl=impl, **kwargs)
+
+  monkeypatch.setattr(conv_ops, "conv2d", spy)
+  images = jnp.zeros((1, 64, 128, 3), jnp.float32)
+  shapes = {}
+  for impl in ("xla", "cpu"):
+    seen.clear()
+    model = vpsnet.VPSNet(dataclasses.replace(cfg, conv_impl=impl))
+    variables = jax.eval_shape(model.init, jax.random.PRNGKey(0), images)
+    assert len(seen) > 50 and set(seen) == {impl}, (impl, set(seen))
+    shapes[impl] = jax.tree_util.tree_map(lambda a: (a.shape, a.dtype),
+                                          variables)
+  assert shapes["xla"] == shapes["cpu"]
+  for bad in ("auto", "gpu"):
+    with pytest.raises(ValueError, match="resolve_conv_impl"):
+      dataclasses.replace(cfg, conv_impl=bad)
+    with pytest.raises(ValueError, match="conv_impl"):
+      detector.DetectorConfig(conv_impl=bad)
+  assert vpsnet.VPSNetConfig().conv_impl == "xla"
+
+
+@pytest.mark.slow
+def test_conv_impls_agree_on_losses_and_gradients(pairs):
+  """The tiny fusetrack VPSNet with conv_impl="xla" and "cpu" (im2col on
+  the small maps, XLA's convolution on the others): the same loss terms,
+  semantic logits, fused features and gradients at the same parameters,
+  batch and key, to float32 rounding."""
+  base = compiled("fusetrack")
+  cfg = experiment.model_config(base.config, META)
+  table = tasks.thing_table(META)
+  params = base.variables["params"]
+  batch_stats = base.variables["batch_stats"]
+  results = {}
+  for impl in ("xla", "cpu"):
+    model = vpsnet.VPSNet(dataclasses.replace(cfg, conv_impl=impl))
+
+    def loss(p, batch, key, model=model):
+      parts, aux = model.apply({"params": p, "batch_stats": batch_stats},
+                               tasks.model_batch(batch, table, cfg.offset),
+                               key, method=model.losses)
+      return sum(parts.values()), (parts, aux["semantic_logits"],
+                                   aux["feats"])
+
+    results[impl] = jax.device_get(jax.jit(jax.value_and_grad(
+        loss, has_aux=True))(params, pairs[0], jax.random.PRNGKey(1)))
+  (total_x, (parts_x, sem_x, feats_x)), grads_x = results["xla"]
+  (total_c, (parts_c, sem_c, feats_c)), grads_c = results["cpu"]
+  assert np.isfinite(total_x) and total_x > 0
+  assert set(parts_x) == set(parts_c) == DETECTOR_LOSSES | {"loss_track"}
+  for k in parts_x:
+    assert float(parts_c[k]) == pytest.approx(float(parts_x[k]), rel=1e-4,
+                                              abs=1e-6), k
+  assert float(total_c) == pytest.approx(float(total_x), rel=1e-5)
+  np.testing.assert_allclose(sem_c, sem_x, rtol=1e-4,
+                             atol=1e-4 * np.abs(sem_x).max())
+  for a, b in zip(feats_c, feats_x):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * np.abs(b).max())
+  leaves_x = jax.tree_util.tree_leaves_with_path(grads_x)
+  leaves_c = jax.tree_util.tree_leaves(grads_c)
+  assert len(leaves_x) == len(leaves_c)
+  nonzero = 0
+  for (path, gx), gc in zip(leaves_x, leaves_c):
+    scale = np.abs(gx).max()
+    nonzero += scale > 0
+    # Measured on the CPU: at most 5e-6 of the leaf's largest gradient.
+    np.testing.assert_allclose(gc, gx, rtol=1e-4, atol=1e-4 * scale + 1e-9,
+                               err_msg=jax.tree_util.keystr(path))
+  assert nonzero > len(leaves_x) // 2

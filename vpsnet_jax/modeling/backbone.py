@@ -21,6 +21,7 @@ import jax.numpy as jnp
 from vpsnet_jax.ops import conv as conv_ops
 
 Dtype = Any
+ModuleDef = conv_ops.ModuleDef
 
 # depth -> (block kind, blocks per stage)
 RESNET_SPECS = {
@@ -56,11 +57,11 @@ class FrozenBatchNorm(nn.Module):
     return x * mul.astype(self.dtype) + add.astype(self.dtype)
 
 
-def _conv(features, kernel, stride, dtype, name):
+def _conv(conv, features, kernel, stride, dtype, name):
   pad = kernel // 2
-  return conv_ops.Conv(features, (kernel, kernel), (stride, stride),
-                       padding=((pad, pad), (pad, pad)), use_bias=False,
-                       dtype=dtype, name=name)
+  return conv(features, (kernel, kernel), (stride, stride),
+              padding=((pad, pad), (pad, pad)), use_bias=False, dtype=dtype,
+              name=name)
 
 
 class BasicBlock(nn.Module):
@@ -69,18 +70,19 @@ class BasicBlock(nn.Module):
   stride: int = 1
   train_bn_affine: bool = False
   dtype: Dtype = jnp.float32
+  conv: ModuleDef = conv_ops.Conv
   expansion = 1
 
   @nn.compact
   def __call__(self, x):
     bn = lambda name: FrozenBatchNorm(self.train_bn_affine, dtype=self.dtype,
                                       name=name)
-    y = nn.relu(bn("bn1")(_conv(self.features, 3, self.stride, self.dtype,
-                                "conv1")(x)))
-    y = bn("bn2")(_conv(self.features, 3, 1, self.dtype, "conv2")(y))
+    conv = lambda f, k, s, name: _conv(self.conv, f, k, s, self.dtype, name)
+    y = nn.relu(bn("bn1")(conv(self.features, 3, self.stride, "conv1")(x)))
+    y = bn("bn2")(conv(self.features, 3, 1, "conv2")(y))
     if self.stride != 1 or x.shape[-1] != self.features:
-      x = bn("downsample_bn")(_conv(self.features, 1, self.stride, self.dtype,
-                                    "downsample_conv")(x))
+      x = bn("downsample_bn")(conv(self.features, 1, self.stride,
+                                   "downsample_conv")(x))
     return nn.relu(x + y)
 
 
@@ -90,6 +92,7 @@ class Bottleneck(nn.Module):
   stride: int = 1
   train_bn_affine: bool = False
   dtype: Dtype = jnp.float32
+  conv: ModuleDef = conv_ops.Conv
   expansion = 4
 
   @nn.compact
@@ -97,13 +100,13 @@ class Bottleneck(nn.Module):
     out = self.features * self.expansion
     bn = lambda name: FrozenBatchNorm(self.train_bn_affine, dtype=self.dtype,
                                       name=name)
-    y = nn.relu(bn("bn1")(_conv(self.features, 1, 1, self.dtype, "conv1")(x)))
-    y = nn.relu(bn("bn2")(_conv(self.features, 3, self.stride, self.dtype,
-                                "conv2")(y)))
-    y = bn("bn3")(_conv(out, 1, 1, self.dtype, "conv3")(y))
+    conv = lambda f, k, s, name: _conv(self.conv, f, k, s, self.dtype, name)
+    y = nn.relu(bn("bn1")(conv(self.features, 1, 1, "conv1")(x)))
+    y = nn.relu(bn("bn2")(conv(self.features, 3, self.stride, "conv2")(y)))
+    y = bn("bn3")(conv(out, 1, 1, "conv3")(y))
     if self.stride != 1 or x.shape[-1] != out:
-      x = bn("downsample_bn")(_conv(out, 1, self.stride, self.dtype,
-                                    "downsample_conv")(x))
+      x = bn("downsample_bn")(conv(out, 1, self.stride,
+                                   "downsample_conv")(x))
     return nn.relu(x + y)
 
 
@@ -118,11 +121,14 @@ class ResNet(nn.Module):
       should also skip them (see `trainable_mask`).
     train_bn_affine: see the module docstring.
     dtype: compute dtype (e.g. jnp.bfloat16); parameters stay float32.
+    conv: the convolution module (`conv_ops.Conv` or `conv_ops.conv_def(
+      impl)`); it does not change the parameters.
   """
   depth: int = 50
   frozen_stages: int = 1
   train_bn_affine: bool = False
   dtype: Dtype = jnp.float32
+  conv: ModuleDef = conv_ops.Conv
 
   @nn.compact
   def __call__(self, images: jnp.ndarray) -> Tuple[jnp.ndarray, ...]:
@@ -133,7 +139,7 @@ class ResNet(nn.Module):
     kind, blocks = RESNET_SPECS[self.depth]
     block_cls = BasicBlock if kind == "basic" else Bottleneck
     x = images.astype(self.dtype)
-    x = _conv(64, 7, 2, self.dtype, "conv1")(x)
+    x = _conv(self.conv, 64, 7, 2, self.dtype, "conv1")(x)
     x = nn.relu(FrozenBatchNorm(self.train_bn_affine, dtype=self.dtype,
                                 name="bn1")(x))
     x = nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
@@ -145,7 +151,7 @@ class ResNet(nn.Module):
       for i in range(num):
         stride = 2 if (i == 0 and stage > 0) else 1
         x = block_cls(width, stride, self.train_bn_affine, self.dtype,
-                      name=f"layer{stage + 1}_{i}")(x)
+                      conv=self.conv, name=f"layer{stage + 1}_{i}")(x)
       if stage + 1 <= self.frozen_stages:
         x = jax.lax.stop_gradient(x)
       outputs.append(x)

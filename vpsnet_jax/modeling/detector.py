@@ -27,6 +27,7 @@ from vpsnet_jax.modeling import fpn as fpn_lib
 from vpsnet_jax.modeling import roi_heads
 from vpsnet_jax.modeling import rpn as rpn_lib
 from vpsnet_jax.ops import anchors as anchor_ops
+from vpsnet_jax.ops import conv as conv_ops
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,6 +57,18 @@ class DetectorConfig:
   offset: float = 1.0  # Box convention: 1 mmdetection v1, 0 torchvision.
   anchor_style: str = "mmdet"  # Or "torchvision" (parity tests).
   dtype: str = "float32"  # Compute dtype; parameters are float32.
+  # Convolution implementation of every conv of the model (`ops.conv`):
+  # "xla" (lax.conv, for GPU/TPU) or "cpu" (CPU-tuned im2col / matmul
+  # weight gradients). The config's "auto" is resolved by the code that
+  # builds the model (`conv_ops.resolve_conv_impl`), not here. It changes
+  # neither the parameters nor (beyond float rounding) the outputs.
+  conv_impl: str = "xla"
+
+  def __post_init__(self):
+    if self.conv_impl not in conv_ops.IMPLS:
+      raise ValueError(f"conv_impl must be one of {conv_ops.IMPLS}, got "
+                       f"{self.conv_impl!r} (resolve 'auto' with "
+                       "ops.conv.resolve_conv_impl)")
 
   @property
   def compute_dtype(self):
@@ -84,27 +97,44 @@ def level_anchors(cfg: DetectorConfig, feats: Sequence[jnp.ndarray]) -> list:
   raise ValueError(f"unknown anchor_style {cfg.anchor_style!r}")
 
 
-def _vmap_keys(key, n):
-  return jax.random.split(key, n)
+def _image_keys(key, n: int):
+  """(RPN keys, R-CNN keys), each [n]: from one key for the batch (split
+  per image), or from [n] keys, one per image (the trainer's
+  `step.example_keys`: an image's samples then do not depend on the
+  other images of its batch)."""
+  typed = jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key)
+  if jnp.ndim(key) == (1 if typed else 2):
+    keys = jax.vmap(jax.random.split)(key)
+    return keys[:, 0], keys[:, 1]
+  k_rpn, k_rcnn = jax.random.split(key)
+  return jax.random.split(k_rpn, n), jax.random.split(k_rcnn, n)
 
 
 class MaskRCNN(nn.Module):
   """ResNet-FPN Mask R-CNN; see the module docstring for the batch format."""
   cfg: DetectorConfig
 
+  @property
+  def conv(self) -> conv_ops.ModuleDef:
+    """The convolution module of every submodule (`cfg.conv_impl`)."""
+    return conv_ops.conv_def(self.cfg.conv_impl)
+
   def setup(self):
-    cfg, dt = self.cfg, self.cfg.compute_dtype
+    cfg, dt, conv = self.cfg, self.cfg.compute_dtype, self.conv
     self.backbone = backbone_lib.ResNet(depth=cfg.depth,
                                         frozen_stages=cfg.frozen_stages,
-                                        dtype=dt)
+                                        dtype=dt, conv=conv)
     self.fpn = fpn_lib.FPN(features=cfg.fpn_dim,
-                           num_outs=len(cfg.anchor_strides), dtype=dt)
+                           num_outs=len(cfg.anchor_strides), dtype=dt,
+                           conv=conv)
     self.rpn_head = rpn_lib.RPNHead(features=cfg.fpn_dim,
-                                    num_anchors=cfg.num_anchors, dtype=dt)
+                                    num_anchors=cfg.num_anchors, dtype=dt,
+                                    conv=conv)
     self.box_head = roi_heads.BoxHead(cfg.num_classes + 1, cfg.box_fc_dim,
                                       dtype=dt)
     self.mask_head = roi_heads.MaskHead(cfg.num_classes + 1,
-                                        cfg.mask_conv_dim, dtype=dt)
+                                        cfg.mask_conv_dim, dtype=dt,
+                                        conv=conv)
 
   def features(self, images: jnp.ndarray) -> Tuple[jnp.ndarray, ...]:
     """images (N, H, W, 3) -> FPN levels P2..P6, (N, H_l, W_l, fpn_dim)."""
@@ -151,7 +181,8 @@ class MaskRCNN(nn.Module):
 
     Args:
       batch: see the module docstring.
-      key: `jax.random` key for anchor and RoI sampling.
+      key: `jax.random` key for anchor and RoI sampling, or [N] keys, one
+        per image.
       feats: FPN levels to use instead of `features(images)` (VPSNet passes
         its fused features).
 
@@ -166,7 +197,7 @@ class MaskRCNN(nn.Module):
     if feats is None:
       feats = self.features(batch["images"])
     n = batch["images"].shape[0]
-    k_rpn, k_rcnn = jax.random.split(key)
+    rpn_keys, rcnn_keys = _image_keys(key, n)
     logits, deltas, anchors, props, valid = self.proposals(
         feats, batch["image_size"], train=True)
 
@@ -179,7 +210,7 @@ class MaskRCNN(nn.Module):
     targets = jax.vmap(lambda k, v, b, g, size: rpn_lib.anchor_targets(
         k, all_anchors, v, b, g, size,
         dict(offset=cfg.offset, allowed_border=cfg.rpn_allowed_border)))(
-            _vmap_keys(k_rpn, n), anchor_valid, batch["gt_boxes"],
+            rpn_keys, anchor_valid, batch["gt_boxes"],
             batch["gt_valid"], batch["image_size"])
     out = rpn_lib.rpn_losses(jnp.concatenate(logits, axis=1),
                              jnp.concatenate(deltas, axis=1), targets)
@@ -187,7 +218,7 @@ class MaskRCNN(nn.Module):
     # R-CNN: sample RoIs, box head on all of them, mask head on positives.
     t = jax.vmap(lambda k, p, v, b, c, g: roi_heads.sample_rois(
         k, p, v, b, c, g, cfg.rcnn_samples, cfg.rcnn_pos_fraction,
-        offset=cfg.offset))(_vmap_keys(k_rcnn, n), props, valid,
+        offset=cfg.offset))(rcnn_keys, props, valid,
                             batch["gt_boxes"], batch["gt_classes"],
                             batch["gt_valid"])
     s = cfg.rcnn_samples

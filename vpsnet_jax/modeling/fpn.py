@@ -20,6 +20,7 @@ import numpy as np
 from vpsnet_jax.ops import conv as conv_ops
 
 Dtype = Any
+ModuleDef = conv_ops.ModuleDef
 
 
 def upsample_nearest(x: jnp.ndarray, size: Tuple[int, int]) -> jnp.ndarray:
@@ -40,10 +41,13 @@ class FPN(nn.Module):
     num_outs: number of outputs; levels beyond the inputs are max-pooled
       (kernel 1, stride 2) from the previous output.
     dtype: compute dtype; parameters are float32.
+    conv: the convolution module (`conv_ops.Conv` or `conv_ops.conv_def(
+      impl)`).
   """
   features: int = 256
   num_outs: int = 5
   dtype: Dtype = jnp.float32
+  conv: ModuleDef = conv_ops.Conv
 
   @nn.compact
   def __call__(self, inputs: Sequence[jnp.ndarray]) -> Tuple[jnp.ndarray, ...]:
@@ -51,7 +55,7 @@ class FPN(nn.Module):
     (N, H_l, W_l, features)."""
     if self.num_outs < len(inputs):
       raise ValueError("num_outs must be at least the number of inputs")
-    conv = lambda k, name: conv_ops.Conv(
+    conv = lambda k, name: self.conv(
         self.features, (k, k), padding=((k // 2, k // 2),) * 2,
         dtype=self.dtype, kernel_init=nn.initializers.xavier_uniform(),
         bias_init=nn.initializers.zeros, name=name)

@@ -14,7 +14,10 @@ import jax.numpy as jnp
 
 from vpsnet_jax.ops import conv as conv_ops
 from vpsnet_jax.ops.correlation import correlation
+from vpsnet_jax.ops.resize import upsample_bilinear
 from vpsnet_jax.ops.warp import warp
+
+ModuleDef = conv_ops.ModuleDef
 
 # The release's BFPTcea.init_weights re-initialises every conv of the neck,
 # flow estimator and TCEA included, Xavier-uniform with zero bias (TCEA's own
@@ -22,12 +25,11 @@ from vpsnet_jax.ops.warp import warp
 _XAVIER = nn.initializers.xavier_uniform()
 
 
-def _conv(features: int, size: int, dtype: Any,
-          name: str) -> conv_ops.Conv:
+def _conv(conv: ModuleDef, features: int, size: int, dtype: Any,
+          name: str) -> nn.Module:
   pad = (size - 1) // 2
-  return conv_ops.Conv(features, (size, size),
-                       padding=((pad, pad), (pad, pad)), dtype=dtype,
-                       kernel_init=_XAVIER, name=name)
+  return conv(features, (size, size), padding=((pad, pad), (pad, pad)),
+              dtype=dtype, kernel_init=_XAVIER, name=name)
 
 
 def _lrelu(x: jnp.ndarray) -> jnp.ndarray:
@@ -54,9 +56,12 @@ class Align(nn.Module):
   refined_flow = conv3x3->2 o [conv3x3 + lrelu(0.1)] x3 (64, 64, 32) of
   concat(target, correlation(target, warped, 4), initial_flow), as the
   release's `LiteFlowNetCorr`; output = warp(warped, refined_flow).
+  `conv`: the convolution module (`conv_ops.Conv` or `conv_ops.conv_def(
+  impl)`).
   """
   max_displacement: int = 4
   dtype: Any = jnp.float32
+  conv: ModuleDef = conv_ops.Conv
 
   @nn.compact
   def __call__(self, target: jnp.ndarray, reference: jnp.ndarray,
@@ -72,9 +77,10 @@ class Align(nn.Module):
     x = jnp.concatenate(
         [target.astype(self.dtype), corr.astype(self.dtype),
          flow.astype(self.dtype)], axis=-1)
+    conv = lambda f, name: _conv(self.conv, f, 3, self.dtype, name)
     for i, features in enumerate((64, 64, 32)):
-      x = _lrelu(_conv(features, 3, self.dtype, f"flow_conv{i}")(x))
-    fine = _conv(2, 3, self.dtype, "flow_out")(x).astype(jnp.float32)
+      x = _lrelu(conv(features, f"flow_conv{i}")(x))
+    fine = conv(2, "flow_out")(x).astype(jnp.float32)
     return warp(warped, fine), fine
 
 
@@ -89,13 +95,6 @@ def _avg_pool(x: jnp.ndarray) -> jnp.ndarray:
                      count_include_pad=True)
 
 
-def upsample_bilinear(x: jnp.ndarray, size: Tuple[int, int]) -> jnp.ndarray:
-  """(N, H, W, C) -> (N, h, w, C); for upsampling equals torch's bilinear
-  `F.interpolate(..., align_corners=False)`."""
-  n, _, _, c = x.shape
-  return jax.image.resize(x, (n, size[0], size[1], c), "bilinear")
-
-
 class Attend(nn.Module):
   """EDVR-style TCEA fusion with the frame `center` (the target) as centre.
 
@@ -105,9 +104,11 @@ class Attend(nn.Module):
   attention from the concatenation: lrelu(1x1), max- and avg-pool (3x3,
   stride 2), lrelu(1x1) of both, lrelu(3x3), bilinear x2, 3x3 -> att;
   att_add = 1x1(lrelu(1x1(att))). Output fused * sigmoid(att) * 2 + att_add.
+  `conv`: the convolution module.
   """
   center: int = 0
   dtype: Any = jnp.float32
+  conv: ModuleDef = conv_ops.Conv
 
   @nn.compact
   def __call__(self, frames: jnp.ndarray) -> jnp.ndarray:
@@ -115,7 +116,7 @@ class Attend(nn.Module):
     n, t, h, w, c = frames.shape
     if h % 2 or w % 2:
       raise ValueError(f"Attend needs even H and W, got {h}x{w}")
-    conv = lambda f, k, name: _conv(f, k, self.dtype, name)
+    conv = lambda f, k, name: _conv(self.conv, f, k, self.dtype, name)
     frames = frames.astype(self.dtype)
     emb_ref = conv(c, 3, "t_att_center")(frames[:, self.center])
     emb = conv(c, 3, "t_att_frames")(frames.reshape(n * t, h, w, c))
@@ -146,11 +147,14 @@ class Fuse(nn.Module):
     use_attend: False for the "align" variant (fusion without attention:
       the mean of the target and the aligned reference).
     dtype: compute dtype; params stay float32.
+    conv: the convolution module (`conv_ops.Conv` or `conv_ops.conv_def(
+      impl)`), passed to align and attend.
   """
   max_displacement: int = 4
   use_align: bool = True
   use_attend: bool = True
   dtype: Any = jnp.float32
+  conv: ModuleDef = conv_ops.Conv
 
   @nn.compact
   def __call__(self, target: jnp.ndarray, reference: jnp.ndarray,
@@ -171,10 +175,11 @@ class Fuse(nn.Module):
       reference, flow = select_reference(target, reference, flow,
                                          has_reference)
     if self.use_align:
-      reference, _ = Align(self.max_displacement, self.dtype,
+      reference, _ = Align(self.max_displacement, self.dtype, conv=self.conv,
                            name="align")(target, reference, flow)
     reference = reference.astype(target.dtype)
     if not self.use_attend:
       return (target + reference) * 0.5
     frames = jnp.stack([target, reference], axis=1)
-    return Attend(center=0, dtype=self.dtype, name="attend")(frames)
+    return Attend(center=0, dtype=self.dtype, conv=self.conv,
+                  name="attend")(frames)

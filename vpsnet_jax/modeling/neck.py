@@ -90,14 +90,16 @@ def redistribute(refined: jnp.ndarray,
 class Refine(nn.Module):
   """3x3 conv + ReLU on the fused map (Xavier-uniform init, zero bias).
 
-  (N, H, W, C) -> (N, H, W, C).
+  (N, H, W, C) -> (N, H, W, C). `conv`: the convolution module
+  (`conv_ops.Conv` or `conv_ops.conv_def(impl)`).
   """
   dtype: Any = jnp.float32
+  conv: conv_ops.ModuleDef = conv_ops.Conv
 
   @nn.compact
   def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
-    x = conv_ops.Conv(x.shape[-1], (3, 3), padding=((1, 1), (1, 1)),
-                      dtype=self.dtype,
-                      kernel_init=nn.initializers.xavier_uniform(),
-                      name="conv")(x)
+    x = self.conv(x.shape[-1], (3, 3), padding=((1, 1), (1, 1)),
+                  dtype=self.dtype,
+                  kernel_init=nn.initializers.xavier_uniform(),
+                  name="conv")(x)
     return nn.relu(x)

@@ -92,11 +92,14 @@ class MaskHead(nn.Module):
     conv_dim: channels of the convolutions (256).
     num_convs: number of 3x3 convolutions (4).
     dtype: compute dtype.
+    conv: the convolution module (`conv_ops.Conv` or `conv_ops.conv_def(
+      impl)`).
   """
   num_classes: int
   conv_dim: int = 256
   num_convs: int = 4
   dtype: jnp.dtype = jnp.float32
+  conv: conv_ops.ModuleDef = conv_ops.Conv
 
   @nn.compact
   def __call__(self, roi_features: jnp.ndarray) -> jnp.ndarray:
@@ -106,12 +109,12 @@ class MaskHead(nn.Module):
     kaiming = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
     x = roi_features.astype(self.dtype)
     for i in range(self.num_convs):
-      x = nn.relu(conv_ops.Conv(self.conv_dim, (3, 3), padding=1,
-                                dtype=self.dtype, kernel_init=kaiming,
-                                name=f"conv{i + 1}")(x))
+      x = nn.relu(self.conv(self.conv_dim, (3, 3), padding=1,
+                            dtype=self.dtype, kernel_init=kaiming,
+                            name=f"conv{i + 1}")(x))
     x = nn.relu(Upsample2x(self.conv_dim, dtype=self.dtype, name="deconv")(x))
-    x = conv_ops.Conv(self.num_classes, (1, 1), dtype=self.dtype,
-                      kernel_init=kaiming, name="logits")(x)
+    x = self.conv(self.num_classes, (1, 1), dtype=self.dtype,
+                  kernel_init=kaiming, name="logits")(x)
     return x.astype(jnp.float32)
 
 

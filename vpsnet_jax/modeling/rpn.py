@@ -19,6 +19,7 @@ from vpsnet_jax.ops import conv as conv_ops
 from vpsnet_jax.ops import nms as nms_ops
 
 Dtype = Any
+ModuleDef = conv_ops.ModuleDef
 
 # mmdetection v1 Mask R-CNN `train_cfg.rpn` (assigner, sampler, coder).
 DEFAULT_TRAIN_CFG = dict(
@@ -34,10 +35,13 @@ class RPNHead(nn.Module):
     features: channels of the 3x3 conv (256).
     num_anchors: A (3 ratios x 1 scale).
     dtype: compute dtype; parameters float32; outputs are float32.
+    conv: the convolution module (`conv_ops.Conv` or `conv_ops.conv_def(
+      impl)`).
   """
   features: int = 256
   num_anchors: int = 3
   dtype: Dtype = jnp.float32
+  conv: ModuleDef = conv_ops.Conv
 
   @nn.compact
   def __call__(self, feats: Sequence[jnp.ndarray]
@@ -49,7 +53,7 @@ class RPNHead(nn.Module):
       deltas: L arrays (N, H_l * W_l * A, 4) float32.
     """
     init = nn.initializers.normal(0.01)  # mmdet v1 normal_init(std=0.01)
-    conv = lambda f, k, name: conv_ops.Conv(
+    conv = lambda f, k, name: self.conv(
         f, (k, k), padding=((k // 2, k // 2),) * 2, dtype=self.dtype,
         kernel_init=init,
         bias_init=nn.initializers.zeros, name=name)

@@ -14,29 +14,27 @@ import jax.numpy as jnp
 
 from vpsnet_jax.ops import conv as conv_ops
 from vpsnet_jax.ops.deform_conv import deform_conv2d
+from vpsnet_jax.ops.resize import upsample_bilinear
 
-
-def _upsample(x: jnp.ndarray, size: Tuple[int, int]) -> jnp.ndarray:
-  """Bilinear (torch align_corners=False for upsampling)."""
-  n, _, _, c = x.shape
-  return jax.image.resize(x, (n, size[0], size[1], c), "bilinear")
+ModuleDef = conv_ops.ModuleDef
 
 
 class DeformConv(nn.Module):
   """3x3 deformable conv v1 with its own offset conv (zero init), no bias.
 
-  (N, H, W, Cin) -> (N, H, W, features).
+  (N, H, W, Cin) -> (N, H, W, features). `conv` (the module of the offset
+  convolution): `conv_ops.Conv` or `conv_ops.conv_def(impl)`; the
+  deformable convolution itself has one implementation (sampling + matmul).
   """
   features: int
   dtype: Any = jnp.float32
+  conv: ModuleDef = conv_ops.Conv
 
   @nn.compact
   def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
-    offset = conv_ops.Conv(18, (3, 3), padding=((1, 1), (1, 1)),
-                           dtype=self.dtype,
-                           kernel_init=nn.initializers.zeros,
-                           bias_init=nn.initializers.zeros,
-                           name="offset")(x)
+    offset = self.conv(18, (3, 3), padding=((1, 1), (1, 1)),
+                       dtype=self.dtype, kernel_init=nn.initializers.zeros,
+                       bias_init=nn.initializers.zeros, name="offset")(x)
     kernel = self.param("kernel", nn.initializers.kaiming_normal(),
                         (3, 3, x.shape[-1], self.features), jnp.float32)
     return deform_conv2d(x.astype(self.dtype), offset.astype(jnp.float32),
@@ -48,11 +46,12 @@ class DeformStack(nn.Module):
   features: Sequence[int] = (128, 128, 128)
   num_groups: int = 32
   dtype: Any = jnp.float32
+  conv: ModuleDef = conv_ops.Conv
 
   @nn.compact
   def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
     for i, f in enumerate(self.features):
-      x = DeformConv(f, self.dtype, name=f"dconv{i}")(x)
+      x = DeformConv(f, self.dtype, conv=self.conv, name=f"dconv{i}")(x)
       x = nn.GroupNorm(num_groups=self.num_groups, epsilon=1e-5,
                        dtype=self.dtype, name=f"gn{i}")(x)
       x = nn.relu(x)
@@ -67,12 +66,16 @@ class SemanticHead(nn.Module):
     features: channels of the three deformable convs.
     num_groups: GroupNorm groups.
     upsample: factor from the logits (P2 = 1/4) to the image.
+    dtype: compute dtype; parameters are float32.
+    conv: the convolution module (`conv_ops.Conv` or `conv_ops.conv_def(
+      impl)`).
   """
   num_classes: int
   features: Sequence[int] = (128, 128, 128)
   num_groups: int = 32
   upsample: int = 4
   dtype: Any = jnp.float32
+  conv: ModuleDef = conv_ops.Conv
 
   @nn.compact
   def __call__(self, levels: Sequence[jnp.ndarray]
@@ -84,14 +87,14 @@ class SemanticHead(nn.Module):
       upsampled by `upsample` (N, upsample*H2, upsample*W2, num_classes).
     """
     stack = DeformStack(self.features, self.num_groups, self.dtype,
-                        name="stack")
+                        conv=self.conv, name="stack")
     n, h, w, _ = levels[0].shape
-    outs = [_upsample(stack(p), (h, w)) if i else stack(p)
+    outs = [upsample_bilinear(stack(p), (h, w)) if i else stack(p)
             for i, p in enumerate(levels)]
     x = jnp.concatenate(outs, axis=-1)
-    logits = conv_ops.Conv(self.num_classes, (1, 1), dtype=self.dtype,
-                           name="logits")(x).astype(jnp.float32)
-    full = _upsample(logits, (h * self.upsample, w * self.upsample))
+    logits = self.conv(self.num_classes, (1, 1), dtype=self.dtype,
+                       name="logits")(x).astype(jnp.float32)
+    full = upsample_bilinear(logits, (h * self.upsample, w * self.upsample))
     return logits, full
 
 

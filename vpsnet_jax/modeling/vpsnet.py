@@ -37,7 +37,8 @@ fuse or track):
   semantic:      (N, H/4, W/4) int32 semantic train ids, 255 = ignore
   ref_images:    (N, H, W, 3) float32 the reference frames
   flow:          (N, H/4, W/4, 2) float32 initial flow target -> reference
-                 at 1/4 scale, (dx, dy) in 1/4-scale pixels (`quarter_flow`)
+                 at 1/4 scale, (dx, dy) in 1/4-scale pixels
+                 (`ops.resize.quarter_flow`)
   has_reference: (N,) bool; False: the target is its own reference
   ref_boxes:     (N, G, 4) float32 reference ground-truth boxes
   ref_valid:     (N, G) bool
@@ -106,6 +107,7 @@ class VPSNetConfig(detector.DetectorConfig):
   mask_overlap_threshold: float = 0.3
 
   def __post_init__(self):
+    super().__post_init__()
     if self.variant not in VARIANTS:
       raise ValueError(f"Unknown VPSNet variant {self.variant!r}; one of "
                        f"{sorted(VARIANTS)}")
@@ -127,32 +129,22 @@ class VPSNetConfig(detector.DetectorConfig):
     return tuple(c for c in range(self.num_semantic) if c not in things)
 
 
-def quarter_flow(flow: jnp.ndarray, stride: int = 4) -> jnp.ndarray:
-  """Full-resolution flow (N, H, W, 2) in pixels -> (N, H/s, W/s, 2) at the
-  gathered feature's scale: s x s average, vectors divided by s."""
-  n, h, w, _ = flow.shape
-  if h % stride or w % stride:
-    raise ValueError(f"flow size {h}x{w} is not a multiple of {stride}")
-  f = flow.astype(jnp.float32).reshape(n, h // stride, stride, w // stride,
-                                       stride, 2)
-  return f.mean(axis=(2, 4)) / stride
-
-
 class VPSNet(detector.MaskRCNN):
   """See the module docstring; `cfg` is a `VPSNetConfig`."""
   cfg: VPSNetConfig
 
   def setup(self):
     super().setup()
-    cfg, dt = self.cfg, self.cfg.compute_dtype
-    self.refine = neck_lib.Refine(dtype=dt)
+    cfg, dt, conv = self.cfg, self.cfg.compute_dtype, self.conv
+    self.refine = neck_lib.Refine(dtype=dt, conv=conv)
     if cfg.spec.fuse:
       self.fuse = fuse_lib.Fuse(cfg.max_displacement,
                                 use_align=cfg.spec.align,
-                                use_attend=cfg.spec.attend, dtype=dt)
+                                use_attend=cfg.spec.attend, dtype=dt,
+                                conv=conv)
     self.semantic_head = semantic_lib.SemanticHead(
         cfg.num_semantic, tuple(cfg.semantic_features), cfg.semantic_groups,
-        dtype=dt)
+        dtype=dt, conv=conv)
     if cfg.spec.track:
       self.track_head = track_lib.TrackHead(cfg.track_dim, dtype=dt)
 
