@@ -30,6 +30,12 @@ NOTEBOOK_REQUIRES = [
 
 TEST_REQUIRES = NOTEBOOK_REQUIRES + [
     "pytest>=8,<10",
+    # The per-test timeout of pyproject.toml's [tool.pytest.ini_options].
+    "pytest-timeout>=2.3,<3",
+    # Lint, run by .ci/run before the tests (configuration: pyproject.toml).
+    # ruff's rules change between minor versions: one minor version.
+    "ruff>=0.17,<0.18",
+    "import-linter>=2.17,<3",
     # Independent references for parity tests (CPU only at test time).
     "torch==2.14.1",
     "torchvision==0.29.1",
@@ -51,9 +57,15 @@ setuptools.setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
+    # `configs/` is not installed: only the entry points read it, by path
+    # (`--config=configs/x.py`) or from the checkout (tests, notebooks,
+    # benchmarks put the repository root on sys.path), so an installed copy
+    # cannot shadow another package's `configs`. `eval` and `data_pipeline`
+    # are installed top-level packages (the library imports them);
+    # tests/test_main.py checks that they resolve to this checkout.
     packages=setuptools.find_packages(
         include=["vpsnet_jax", "vpsnet_jax.*", "data_pipeline",
-                 "data_pipeline.*", "eval", "eval.*", "configs"]),
+                 "data_pipeline.*", "eval", "eval.*"]),
     install_requires=INSTALL_REQUIRES,
     extras_require={"test": TEST_REQUIRES, "notebooks": NOTEBOOK_REQUIRES},
     license="Apache-2.0",

@@ -18,19 +18,19 @@ from data_pipeline import tfds_builders
 
 SETTINGS = (
     # name, (height, width) of the frames, crop (height, width)
-    ('synthetic', (128, 256), (128, 256)),
-    ('cityscapes', (1024, 2048), (800, 1600)),
+    ("synthetic", (128, 256), (128, 256)),
+    ("cityscapes", (1024, 2048), (800, 1600)),
 )
 
 
 def prepare(data_dir, name, size):
   config = tfds_builders.SyntheticBuilderConfig(
-      name=f'bench_{name}', height=size[0], width=size[1], num_videos=1,
+      name=f"bench_{name}", height=size[0], width=size[1], num_videos=1,
       num_val_videos=1, seed=0)
   builder = tfds_builders.VpsSynthetic(data_dir=data_dir, config=config,
-                                       file_format='array_record')
+                                       file_format="array_record")
   builder.download_and_prepare()
-  return pipeline.open_source(builder, 'train', decode_flow=False)
+  return pipeline.open_source(builder, "train", decode_flow=False)
 
 
 def throughput(source, index, crop, flow, examples, warmup=2):
@@ -49,25 +49,25 @@ def throughput(source, index, crop, flow, examples, warmup=2):
 
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument('--data_dir', default=None,
-                      help='where to build the datasets (default: a temp dir)')
-  parser.add_argument('--examples', type=int, default=20,
-                      help='timed examples per setting')
+  parser.add_argument("--data_dir", default=None,
+                      help="where to build the datasets (default: a temp dir)")
+  parser.add_argument("--examples", type=int, default=20,
+                      help="timed examples per setting")
   args = parser.parse_args(argv)
-  data_dir = args.data_dir or tempfile.mkdtemp(prefix='vps_bench_')
+  data_dir = args.data_dir or tempfile.mkdtemp(prefix="vps_bench_")
   rows = []
   for name, size, crop in SETTINGS:
     source, index = prepare(data_dir, name, size)
-    for flow in ('none', 'dis'):
+    for flow in ("none", "dis"):
       rate = throughput(source, index, crop, flow, args.examples)
-      rows.append((name, f'{size[0]}x{size[1]}', f'{crop[0]}x{crop[1]}',
+      rows.append((name, f"{size[0]}x{size[1]}", f"{crop[0]}x{crop[1]}",
                    flow, rate))
-  print(f'\nInput pipeline, {os.cpu_count()} CPU cores, per_device_batch=1:')
+  print(f"\nInput pipeline, {os.cpu_count()} CPU cores, per_device_batch=1:")
   print(f'{"dataset":<11} {"frames":>10} {"crop":>9} {"flow":>5} '
         f'{"examples/s":>11}')
   for name, frames, crop, flow, rate in rows:
-    print(f'{name:<11} {frames:>10} {crop:>9} {flow:>5} {rate:>11.2f}')
+    print(f"{name:<11} {frames:>10} {crop:>9} {flow:>5} {rate:>11.2f}")
 
 
-if __name__ == '__main__':
+if __name__ == "__main__":
   main()

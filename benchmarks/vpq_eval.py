@@ -15,9 +15,7 @@ The last line is `speedup_vs_numpy_reference=<x>` (end to end).
 """
 
 import argparse
-import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -29,9 +27,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from eval import layout  # pylint: disable=g-import-not-at-top
 from eval import vpq
-from tests import test_vpq
-from tests import vpq_reference
-from tests import vpq_testdata
+from tests.eval import test_vpq
+from tests.eval import vpq_reference
+from tests.eval import vpq_testdata
 
 KS = (0, 5, 10, 15)
 

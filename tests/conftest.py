@@ -3,9 +3,11 @@ import os
 
 # Must be set before jax is imported anywhere in the test session.
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
-if "--xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
-  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
-                             " --xla_force_host_platform_device_count=4").strip()
+if "--xla_force_host_platform_device_count" not in os.environ.get(
+    "XLA_FLAGS", ""):
+  os.environ["XLA_FLAGS"] = " ".join(
+      [os.environ.get("XLA_FLAGS", ""),
+       "--xla_force_host_platform_device_count=4"]).strip()
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 # With these wheels, importing torchvision after tensorflow crashes the
@@ -13,12 +15,20 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # modules import both (tensorflow through data_pipeline, torchvision as the
 # parity reference), so torchvision goes first, before any test module.
 try:
-  import torchvision  # pylint: disable=unused-import,g-import-not-at-top
+  import torchvision  # noqa: F401  # pylint: disable=unused-import,g-import-not-at-top
 except ImportError:  # The parity tests then fail on their own import.
   pass
 
 
 import pytest  # pylint: disable=g-import-not-at-top,g-bad-import-order
+
+
+def pytest_collection_modifyitems(items):
+  """Every test that needs `tiny_training` (a main.py training run) is slow,
+  marked or not."""
+  for item in items:
+    if "tiny_training" in getattr(item, "fixturenames", ()):
+      item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session")
@@ -36,7 +46,20 @@ def subprocess_env(tmp_path_factory):
       TF_CPP_MIN_LOG_LEVEL="2")
 
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_STEPS = 6
+
+
+def tiny_main_command(workdir, *overrides, mode=None):
+  """`python main.py --config=configs/synthetic.py --workdir=WORKDIR
+  [--mode=MODE]` with the tiny sizes' flags (`tests/vps_tiny.py`), then
+  `overrides`; run it with cwd=ROOT. Without `mode`, main.py's default mode
+  (the quick start's), as a user types it."""
+  import sys  # pylint: disable=g-import-not-at-top
+  from tests import vps_tiny  # pylint: disable=g-import-not-at-top
+  return [sys.executable, "main.py", "--config=configs/synthetic.py",
+          f"--workdir={workdir}", *([f"--mode={mode}"] if mode else []),
+          *vps_tiny.flags(), *overrides]
 
 
 @pytest.fixture(scope="session")
@@ -44,19 +67,17 @@ def tiny_training(tmp_path_factory, subprocess_env):
   """The workdir of one uninterrupted `main.py --mode=train` of the full
   VPSNet at the tiny sizes (`tests/vps_tiny.py`) for TINY_STEPS steps, with
   a checkpoint at every step: the reference of the interruption tests and
-  the checkpoint of the prediction journey. Tests read it, never write."""
+  the checkpoint of the prediction journey. Tests read it, never write;
+  tests that use it are marked slow."""
   import subprocess  # pylint: disable=g-import-not-at-top
-  import sys  # pylint: disable=g-import-not-at-top
-  from tests import vps_tiny  # pylint: disable=g-import-not-at-top
   workdir = str(tmp_path_factory.mktemp("tiny_training"))
-  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   proc = subprocess.run(
-      [sys.executable, "main.py", "--config=configs/synthetic.py",
-       f"--workdir={workdir}", "--mode=train", *vps_tiny.flags(),
-       f"--config.num_train_steps={TINY_STEPS}", "--config.log_every_steps=1",
-       "--config.eval_every_steps=0", "--config.checkpoint_every_steps=1",
-       f"--config.keep_checkpoints={TINY_STEPS}"],
-      cwd=root, env=subprocess_env, capture_output=True, text=True,
+      tiny_main_command(
+          workdir, f"--config.num_train_steps={TINY_STEPS}",
+          "--config.log_every_steps=1", "--config.eval_every_steps=0",
+          "--config.checkpoint_every_steps=1",
+          f"--config.keep_checkpoints={TINY_STEPS}", mode="train"),
+      cwd=ROOT, env=subprocess_env, capture_output=True, text=True,
       timeout=1800)
   assert proc.returncode == 0, proc.stderr[-4000:]
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == [

@@ -6,6 +6,8 @@ import nbclient
 import nbformat
 import pytest
 
+pytestmark = pytest.mark.slow  # Executes the notebooks (training included).
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -20,10 +22,7 @@ def test_notebook_runs(tmp_path, monkeypatch, name):
   client = nbclient.NotebookClient(
       nb, timeout=900, kernel_name="python3",
       resources={"metadata": {"path": os.path.join(ROOT, "notebooks")}})
-  client.execute()
-  errors = [o for c in nb.cells if c.cell_type == "code"
-            for o in c.get("outputs", []) if o.get("output_type") == "error"]
-  assert not errors
+  client.execute()  # Raises CellExecutionError at the first failing cell.
   if name == "quickstart.ipynb":
     assert os.path.exists(tmp_path / "work" / "vpq.json")
     assert os.path.exists(tmp_path / "work" / "panoptic_video.gif")

@@ -15,7 +15,10 @@ import pytest
 from PIL import Image
 
 from eval import common
+from tests import conftest
 from tests import vps_tiny
+
+pytestmark = pytest.mark.slow  # main.py in subprocesses, training.
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -32,12 +35,11 @@ def test_quick_start_on_data_of_another_seed(tmp_path, subprocess_env, seed):
       cwd=ROOT, env=subprocess_env, capture_output=True, text=True)
   assert proc.returncode == 0, proc.stderr[-3000:]
   workdir = tmp_path / "work"
-  proc = subprocess.run(
-      [sys.executable, "main.py", "--config=configs/synthetic.py",
-       f"--workdir={workdir}", *vps_tiny.flags(),
-       f"--config.dataset.data_dir={data}", "--config.num_train_steps=3",
-       "--config.log_every_steps=1", "--config.eval_every_steps=3",
-       "--config.input.num_eval_batches=1"],
+  proc = subprocess.run(  # main.py's default mode, as in the quick start.
+      conftest.tiny_main_command(
+          workdir, f"--config.dataset.data_dir={data}",
+          "--config.num_train_steps=3", "--config.log_every_steps=1",
+          "--config.eval_every_steps=3", "--config.input.num_eval_batches=1"),
       cwd=ROOT, env=subprocess_env, capture_output=True, text=True,
       timeout=1200)
   assert proc.returncode == 0, proc.stderr[-4000:]

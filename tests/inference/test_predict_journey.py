@@ -24,6 +24,7 @@ import pytest
 
 from data_pipeline import metadata
 from eval import common
+from tests import conftest
 from tests import vps_tiny
 from vpsnet_jax.inference import panoptic
 from vpsnet_jax.inference import run
@@ -60,10 +61,9 @@ def _write_frames(folder, first: int, count: int, prefix: str,
 
 
 def _main(workdir, mode, *flags, env):
-  return subprocess.run(
-      [sys.executable, "main.py", "--config=configs/synthetic.py",
-       f"--workdir={workdir}", f"--mode={mode}", *vps_tiny.flags(), *flags],
-      cwd=ROOT, env=env, capture_output=True, text=True, check=False)
+  return subprocess.run(conftest.tiny_main_command(workdir, *flags, mode=mode),
+                        cwd=ROOT, env=env, capture_output=True, text=True,
+                        check=False)
 
 
 @pytest.fixture(scope="module")
@@ -125,6 +125,7 @@ def _check_prediction(out_dir, stems, size=(320, 136)):
   return pred
 
 
+@pytest.mark.slow  # tiny_training, main.py in a subprocess.
 def test_main_predicts_a_folder_of_real_video_frames(trained, tmp_path,
                                                     subprocess_env):
   workdir, frames, stems = trained
@@ -152,6 +153,7 @@ def _use_model(monkeypatch, model):
   monkeypatch.setattr(run, "build_model", lambda *a, **k: model)
 
 
+@pytest.mark.slow  # tiny_training.
 def test_rerun_on_the_same_folder_starts_over(trained, model, tmp_path,
                                               monkeypatch, caplog):
   workdir, frames, stems = trained
@@ -180,6 +182,7 @@ def test_rerun_on_the_same_folder_starts_over(trained, model, tmp_path,
   assert model[0].compiles == 1  # One compile shared by these tests.
 
 
+@pytest.mark.slow  # tiny_training.
 def test_failure_mid_video_leaves_the_frames_done(trained, model, tmp_path,
                                                   monkeypatch, capsys):
   workdir, frames, stems = trained

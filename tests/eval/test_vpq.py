@@ -13,9 +13,11 @@ from PIL import Image
 from eval import confusion
 from eval import vpq
 from eval.common import Frame
-from tests import vpq_reference
-from tests import vpq_testdata
+from tests.eval import vpq_reference
+from tests.eval import vpq_testdata
 
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))))
 KS = (0, 5, 10, 15)
 CATS = vpq_testdata.CATEGORIES
 
@@ -29,8 +31,9 @@ def _stats_from_result(result, k):
 def test_matches_numpy_reference_on_random_videos(seed):
   rng = np.random.default_rng(seed)
   videos = [vpq_testdata.random_video(
-      rng, num_frames=int(rng.integers(1, 8)), num_objects=int(rng.integers(0, 9)),
-      rgb=bool(seed % 2), name=f"{v:04d}") for v in range(5)]
+      rng, num_frames=int(rng.integers(1, 8)),
+      num_objects=int(rng.integers(0, 9)), rgb=bool(seed % 2),
+      name=f"{v:04d}") for v in range(5)]
   ref = vpq_reference.reference_stats(
       [vpq_testdata.as_tuples(v) for v in videos], KS, 5)
   result = vpq.evaluate(videos, CATS, KS, 5)
@@ -55,7 +58,7 @@ def test_random_videos_exercise_every_rule():
   rng = np.random.default_rng(0)
   seen = {"crowd": 0, "void": 0, "fp": 0, "fn": 0, "tp": 0,
           "cat_change": 0}
-  for v in range(20):
+  for _ in range(20):
     video = vpq_testdata.random_video(rng, num_frames=6)
     for f in video:
       seen["crowd"] += sum(s["iscrowd"] for s in f.gt_segments)
@@ -289,7 +292,7 @@ def test_cli_writes_json_and_prints_table(random_folder, tmp_path):
       [sys.executable, "-m", "eval.vpq", "--gt_json", gt_json, "--gt_dir",
        gt_dir, "--pred_dir", pred_dir, "--k", "0", "5", "--stride", "5",
        "--output", str(out)], capture_output=True, text=True, check=True,
-      cwd=os.path.dirname(os.path.dirname(__file__)))
+      cwd=ROOT)
   result = json.loads(out.read_text())
   assert set(result) == {"vpq", "k"}
   assert set(result["vpq"]) == {"all", "things", "stuff"}
@@ -308,7 +311,7 @@ def test_cli_reports_bad_input_without_traceback(random_folder, tmp_path):
   proc = subprocess.run(
       [sys.executable, "-m", "eval.vpq", "--gt_json", gt_json, "--gt_dir",
        gt_dir, "--pred_dir", str(tmp_path)], capture_output=True, text=True,
-      cwd=os.path.dirname(os.path.dirname(__file__)))
+      cwd=ROOT)
   assert proc.returncode == 2
   assert "prediction PNG folder not found" in proc.stderr
   assert "Traceback" not in proc.stderr
