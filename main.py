@@ -27,8 +27,13 @@ checkpoint.
 Several processes (hosts): `jax.distributed.initialize()` runs automatically
 on SLURM (several tasks) and TPU pods, or explicitly with
 --coordinator_address=HOST:PORT --num_processes=N --process_id=I.
-The logic lives in `vpsnet_jax.train.train` and `vpsnet_jax.inference.run`
-(notebooks call the same functions).
+Configuration and input errors (an unknown or invalid field, a missing
+dataset) end with one line `error: <message>` and exit status 2; pass
+--verbosity=1 for the traceback.
+
+This file composes the library: `vpsnet_jax.train.train` trains,
+`vpsnet_jax.inference.run` evaluates and predicts (notebooks call the same
+functions).
 """
 
 import json
@@ -55,6 +60,9 @@ flags.DEFINE_integer("num_processes", None, "Number of processes.")
 flags.DEFINE_integer("process_id", None, "This process's id, 0..N-1.")
 flags.mark_flags_as_required(["config", "workdir"])
 
+# Exit status of a configuration or input error (as for bad flags).
+USAGE_EXIT_CODE = 2
+
 
 def init_distributed() -> None:
   """jax.distributed.initialize() for explicit flags, SLURM or TPU pods."""
@@ -76,32 +84,60 @@ def init_distributed() -> None:
 
 def run_example(config, workdir: str) -> dict:
   """Synthetic data -> example prediction -> VPQ table and WORKDIR/vpq.json."""
-  from data_pipeline import synthetic  # pylint: disable=g-import-not-at-top
+  from data_pipeline import sources  # pylint: disable=g-import-not-at-top
   from eval import example  # pylint: disable=g-import-not-at-top
+  from vpsnet_jax.errors import ConfigError  # pylint: disable=g-import-not-at-top
   from vpsnet_jax.inference import run  # pylint: disable=g-import-not-at-top
 
-  if config.dataset.name != "vps_synthetic":
-    raise ValueError("--mode=example runs on the built-in vps_synthetic data; "
-                     f"config.dataset.name is {config.dataset.name!r}")
-  data_dir = config.dataset.data_dir or os.path.join(workdir, "data")
-  gt_json = os.path.join(data_dir, "panoptic_gt_val_city_vps.json")
-  if not os.path.exists(gt_json):
-    if os.path.isdir(data_dir) and os.listdir(data_dir):
-      raise FileNotFoundError(
-          f"{data_dir} is not empty but has no {os.path.basename(gt_json)}; "
-          "point config.dataset.data_dir at an empty folder or a complete "
-          "vps_synthetic dataset")
-    s = config.dataset.synthetic
-    logging.info("Writing vps_synthetic to %s", data_dir)
-    synthetic.write_dataset(data_dir, s.num_train_videos, s.num_val_videos,
-                            s.height, s.width, config.seed)
-  gt_dir = os.path.join(data_dir, "val", "panoptic_video")
+  if not sources.dataset(config).generated:
+    raise ConfigError("--mode=example runs on the built-in vps_synthetic "
+                      f"data; config.dataset.name is {config.dataset.name!r}")
+  source, _ = sources.open_split(config, workdir, "val")
+  root, layout = source.reader.root, source.reader.layout
+  gt_json = os.path.join(root, layout.panoptic_json)
+  gt_dir = os.path.join(root, layout.panoptic_dir)
   pred_dir = os.path.join(workdir, "predictions")
   example.write_example_predictions(
       gt_json, gt_dir, pred_dir, seed=config.seed,
       switch_rate=config.example.switch_rate,
       miss_rate=config.example.miss_rate, erode_px=config.example.erode_px)
   return run.score_predictions(config, workdir, gt_json, gt_dir, pred_dir)
+
+
+class EvaluationAfterTrainingError(RuntimeError):
+  """The evaluation at the end of `train_and_evaluate` failed; the
+  training's checkpoint of `step` is saved (`--mode=evaluate` resumes)."""
+
+  def __init__(self, step: int, checkpoint_dir: str, cause: BaseException):
+    self.step, self.checkpoint_dir = step, checkpoint_dir
+    super().__init__(
+        f"Training finished and its checkpoint of step {step} is saved in "
+        f"{checkpoint_dir}, but the final evaluation failed: "
+        f"{type(cause).__name__}: {cause}. Evaluate that checkpoint with the "
+        "same command and --mode=evaluate.")
+
+
+def train_and_evaluate(config, workdir: str, evaluate: bool = True) -> dict:
+  """Training (with validation losses when `evaluate`), then the VPQ of the
+  final model on process 0 (`inference.run.evaluate`: WORKDIR/predictions,
+  WORKDIR/vpq.json). Returns the training's dict plus "vpq" (or None)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from vpsnet_jax import experiment  # pylint: disable=g-import-not-at-top
+  from vpsnet_jax.inference import run  # pylint: disable=g-import-not-at-top
+  from vpsnet_jax.train import train  # pylint: disable=g-import-not-at-top
+  validate(config, "train_and_evaluate" if evaluate else "train")
+  writer = experiment.create_writer(workdir)
+  result = train.train(config, workdir, validation=evaluate, writer=writer)
+  result["vpq"] = None
+  if evaluate and jax.process_index() == 0:
+    state = result["state"]
+    try:
+      result["vpq"] = run.evaluate(config, workdir, state.variables,
+                                   step=int(state.step), writer=writer)
+    except (Exception, KeyboardInterrupt) as e:
+      raise EvaluationAfterTrainingError(
+          int(state.step), os.path.join(workdir, "checkpoints"), e) from e
+  return result
 
 
 def evaluate_command(argv) -> str:
@@ -120,16 +156,26 @@ def evaluate_command(argv) -> str:
                      "--mode=evaluate"])
 
 
-def main(argv):
+def validate(config, mode: str) -> None:
+  """Every check of `mode`'s config before any compile (ConfigError)."""
+  from configs import default  # pylint: disable=g-import-not-at-top
+  fields = default.get_config()
+  if mode in ("evaluate", "predict", "train_and_evaluate"):
+    from vpsnet_jax.inference import run  # pylint: disable=g-import-not-at-top
+    run.validate(config, fields, check_devices=False)
+  if mode in ("train", "train_and_evaluate"):
+    from vpsnet_jax.train import train  # pylint: disable=g-import-not-at-top
+    train.validate(config, fields, check_devices=False)
+
+
+def _main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   os.makedirs(FLAGS.workdir, exist_ok=True)
   if FLAGS.mode == "example":
     run_example(FLAGS.config, FLAGS.workdir)
     return
-  from vpsnet_jax.train import train  # pylint: disable=g-import-not-at-top
-  train.validate_config(FLAGS.config, check_devices=False,
-                        inference=FLAGS.mode != "train")
+  validate(FLAGS.config, FLAGS.mode)
   init_distributed()
   if FLAGS.mode in ("evaluate", "predict"):
     from vpsnet_jax.inference import run  # pylint: disable=g-import-not-at-top
@@ -141,14 +187,13 @@ def main(argv):
     return
   from vpsnet_jax.train import preemption  # pylint: disable=g-import-not-at-top
   try:
-    result = train.train_and_evaluate(
-        FLAGS.config, FLAGS.workdir,
-        evaluate=FLAGS.mode == "train_and_evaluate")
+    result = train_and_evaluate(FLAGS.config, FLAGS.workdir,
+                                evaluate=FLAGS.mode == "train_and_evaluate")
   except preemption.TrainingInterrupted as e:
     print(f"{e}\nExit status {preemption.PREEMPTED_EXIT_CODE} (stopped on "
           "request, resumable).", file=sys.stderr)
     sys.exit(preemption.PREEMPTED_EXIT_CODE)
-  except train.EvaluationAfterTrainingError as e:
+  except EvaluationAfterTrainingError as e:
     logging.exception("The final evaluation failed")
     print(f"error: {e}\n  {evaluate_command(sys.argv)}", file=sys.stderr)
     sys.exit(1)
@@ -158,5 +203,42 @@ def main(argv):
                     "vpq": vpq["vpq"] if vpq else None}, indent=2))
 
 
+def _fail(message: str) -> None:
+  """Configuration and input errors: one line and exit status 2."""
+  print(f"error: {message}", file=sys.stderr)
+  sys.exit(USAGE_EXIT_CODE)
+
+
+def main(argv):
+  """`_main` with configuration and input errors (`ConfigError`) as one
+  `error:` line and exit status 2; the traceback with --verbosity=1."""
+  from vpsnet_jax.errors import ConfigError  # pylint: disable=g-import-not-at-top
+  try:
+    _main(argv)
+  except ConfigError as e:
+    if FLAGS.verbosity >= 1:
+      logging.exception("Configuration or input error")
+    _fail(str(e))
+
+
+def parse_flags(argv):
+  """absl's flag parsing, with an unknown `--config.field` override as an
+  `error:` line naming the nearest existing fields (exit status 2)."""
+  try:
+    return FLAGS(argv)
+  except AttributeError:
+    from configs import default  # pylint: disable=g-import-not-at-top
+    from vpsnet_jax import experiment  # pylint: disable=g-import-not-at-top
+    known = experiment.field_names(default.get_config())
+    unknown = [a.split("=", 1)[0][len("--config."):] for a in argv[1:]
+               if a.startswith("--config.") and
+               a.split("=", 1)[0][len("--config."):] not in known]
+    if not unknown:
+      raise
+    _fail(experiment.unknown_field_message(unknown, known))
+  except flags.Error as e:
+    _fail(f"{e}\nPass --help for the flags.")
+
+
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

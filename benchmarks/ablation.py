@@ -128,7 +128,7 @@ def main():
       done = (manager.latest_step() or 0) >= c.num_train_steps
       manager.close()
       t0 = time.perf_counter()
-      train.train_and_evaluate(c, workdir, evaluate=False)
+      train.train(c, workdir, validation=False)
       timing[variant] = None if done else time.perf_counter() - t0
       print(f"{variant}: " + ("trained earlier" if done else
                               f"trained in {timing[variant]:.0f} s"),

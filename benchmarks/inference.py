@@ -35,13 +35,14 @@ STAGES = ("input", "model", "tracker", "fusion", "write")
 
 def measure(size: str, frames: int, workdir: str) -> dict:
   import jax  # pylint: disable=g-import-not-at-top
-  import numpy as np  # pylint: disable=g-import-not-at-top
   from PIL import Image  # pylint: disable=g-import-not-at-top
   from configs import default, synthetic as synthetic_config  # pylint: disable=g-import-not-at-top
   from data_pipeline import synthetic  # pylint: disable=g-import-not-at-top
   from vpsnet_jax.inference import online, run  # pylint: disable=g-import-not-at-top
   from vpsnet_jax.modeling import vpsnet  # pylint: disable=g-import-not-at-top
-  from vpsnet_jax.train import input as input_lib, tasks, train  # pylint: disable=g-import-not-at-top
+  from data_pipeline import sources  # pylint: disable=g-import-not-at-top
+  from vpsnet_jax import experiment  # pylint: disable=g-import-not-at-top
+  from vpsnet_jax.train import tasks  # pylint: disable=g-import-not-at-top
 
   c = synthetic_config.get_config()
   c.input.flow = "dis"
@@ -49,10 +50,10 @@ def measure(size: str, frames: int, workdir: str) -> dict:
       int(v) for v in size.split("x"))
   if size != "synthetic":
     c.model = default.get_config().model
-  meta = input_lib.meta(c)
+  meta = sources.meta(c)
   task = tasks.create_task(c, meta)
   if workdir and size == "synthetic":
-    variables, _ = train.load_variables(c, workdir, task)
+    variables, _ = run.load_variables(c, workdir, meta)
     weights = "trained"
   else:
     variables = jax.device_get(jax.jit(task.init)(jax.random.PRNGKey(0)))
@@ -66,11 +67,11 @@ def measure(size: str, frames: int, workdir: str) -> dict:
     for i in range(frames + 1):
       Image.fromarray(video.frames[i % len(video.frames)]).save(
           os.path.join(folder, f"f{i:04d}.png"))
-    source = run.FolderSource(folder)
-    model = online.FrameModel(vpsnet.VPSNet(tasks.model_config(c, meta)),
+    source = sources.FolderSource(folder)
+    model = online.FrameModel(vpsnet.VPSNet(experiment.model_config(c, meta)),
                               variables, devices=jax.local_devices()[:1])
     # The first frame compiles: time it alone, then the rest.
-    first = run.FolderSource(folder)
+    first = sources.FolderSource(folder)
     first.paths, first.image_ids = first.paths[:1], first.image_ids[:1]
     t0 = time.perf_counter()
     online.predict_videos(c, model, first, first.index(), first.image_ids,

@@ -63,24 +63,28 @@ def measure(variant: str, size: str, steps: int, data_dir: str) -> dict:
   """One (variant, size) in this process: times of the real training path."""
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
+  from data_pipeline import sources  # pylint: disable=g-import-not-at-top
   from vpsnet_jax.train import input as input_lib  # pylint: disable=g-import-not-at-top
+  from vpsnet_jax.train import optim  # pylint: disable=g-import-not-at-top
+  from vpsnet_jax.train import parallel  # pylint: disable=g-import-not-at-top
+  from vpsnet_jax.train import step as step_lib  # pylint: disable=g-import-not-at-top
   from vpsnet_jax.train import tasks  # pylint: disable=g-import-not-at-top
-  from vpsnet_jax.train import train  # pylint: disable=g-import-not-at-top
   import functools  # pylint: disable=g-import-not-at-top
 
   c = _config(variant, size, data_dir)
-  source, index = input_lib.open_split(c, data_dir, "train")
-  task = tasks.create_task(c, input_lib.meta(c))
-  schedule = train.create_learning_rate_fn(c, jax.device_count())
+  source, index = sources.open_split(c, data_dir, "train")
+  task = tasks.create_task(c, sources.meta(c))
+  schedule = optim.create_learning_rate_fn(c, jax.device_count())
   key = jax.random.PRNGKey(0)
   shapes = jax.eval_shape(task.init, key)
-  tx = train.create_optimizer(c, schedule, task.trainable(shapes["params"]))
-  host = train.create_train_state(key, task, tx)
-  par = train.Parallel("pmap")
+  tx = optim.create_optimizer(c, schedule, task.trainable(shapes["params"]))
+  host = step_lib.create_train_state(key, task, tx)
+  par = parallel.Parallel("pmap")
   step_fn = par.wrap(functools.partial(
-      train.train_step, loss_fn=task.loss_fn, tx=tx, schedule=schedule), True)
+      step_lib.train_step, loss_fn=task.loss_fn, tx=tx, schedule=schedule),
+                     True)
   state = par.put_state(host)
-  batches = train.prefetch(
+  batches = parallel.prefetch(
       input_lib.train_batches(source, index, c, 1), par.put_batch)
   t0 = time.perf_counter()
   state, metrics = step_fn(state, next(batches), key)
@@ -120,12 +124,13 @@ def measure_torchvision(size: str, steps: int, data_dir: str) -> dict:
   import numpy as np  # pylint: disable=g-import-not-at-top
   import torch  # pylint: disable=g-import-not-at-top
   import torchvision  # pylint: disable=g-import-not-at-top
+  from data_pipeline import sources  # pylint: disable=g-import-not-at-top
   from vpsnet_jax.train import input as input_lib  # pylint: disable=g-import-not-at-top
 
   torch.set_num_threads(os.cpu_count())
   c = _config("base", size, data_dir)
-  source, index = input_lib.open_split(c, data_dir, "train")
-  meta = input_lib.meta(c)
+  source, index = sources.open_split(c, data_dir, "train")
+  meta = sources.meta(c)
   things = [i for i, cat in enumerate(meta.categories) if cat.isthing]
   h, w = c.input.crop_size
   model = torchvision.models.detection.maskrcnn_resnet50_fpn(

@@ -11,9 +11,10 @@ the table reports medians. The correlation and Fuse rows run on gathered
 features of Cin channels at HxW (the neck's P2 map); the VPSNet rows time
 the whole per-frame inference (`VPSNet.infer`, ResNet-50, random weights) of
 the `base` and `fuse` variants on the same 512x1024 input, with their FLOPs
-from XLA's cost analysis of the compiled function. Peak memory is the growth of the peak resident
-set over the first call in a fresh process (VmHWM after resetting it, minus
-VmRSS before), inputs already built and JAX functions already compiled.
+from XLA's cost analysis of the compiled function. Peak memory is the growth
+of the peak resident set over the first call in a fresh process (VmHWM after
+resetting it, minus VmRSS before), inputs already built and JAX functions
+already compiled.
 
 The last line printed is `deform_conv_time_ratio_vs_torchvision=<x>`, our
 forward time over torchvision's.
@@ -24,6 +25,8 @@ import subprocess
 import sys
 import time
 
+# configs/ is read from the checkout (it is not installed).
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -148,7 +151,7 @@ def time_fuse_vs_base(height, width, repeats):
   from configs import default  # pylint: disable=g-import-not-at-top
   from data_pipeline import metadata  # pylint: disable=g-import-not-at-top
   from vpsnet_jax.modeling import vpsnet  # pylint: disable=g-import-not-at-top
-  from vpsnet_jax.train import tasks  # pylint: disable=g-import-not-at-top
+  from vpsnet_jax import experiment  # pylint: disable=g-import-not-at-top
   rng = np.random.default_rng(2)
   images = rng.standard_normal((1, height, width, 3)).astype(np.float32)
   size = np.array([[height, width]], np.int32)
@@ -158,7 +161,7 @@ def time_fuse_vs_base(height, width, repeats):
   for variant in ("base", "fuse"):
     c = default.get_config()
     c.variant = variant
-    model = vpsnet.VPSNet(tasks.model_config(c, metadata.CITYSCAPES_VPS))
+    model = vpsnet.VPSNet(experiment.model_config(c, metadata.CITYSCAPES_VPS))
     variables = jax.jit(model.init)(jax.random.PRNGKey(0), images)
     ref = np.asarray(jax.jit(lambda v, x: model.apply(
         v, x, method=model.features))(variables, images)[0])

@@ -12,7 +12,9 @@ video at an offset drawn from `TrainConfig.ref_offsets` (annotated if
 The pair gets one joint random scale, flip and crop (`transforms`), static
 shapes, and is batched per device: every array is
 [local_devices, per_device_batch, ...] (keys in `transforms.train_example`).
-Hosts take disjoint slices (`jax.process_index()` / `process_count()`).
+Hosts take contiguous slices of each global batch (`jax.process_index()` /
+`process_count()`), so a step's global batch does not depend on the
+topology.
 
 Evaluation (`eval_dataset`): every frame of every video in order, with the
 previous frame as reference (the first frame is its own reference); a host
@@ -37,7 +39,7 @@ class TrainConfig:
   ref_offsets: Tuple[int, ...] = (-5, 5)
   ref_requires_annotation: bool = True
   max_instances: int = 50
-  flow: str = 'none'  # 'none' | 'ground_truth' | 'dis'
+  flow: str = "none"  # 'none' | 'ground_truth' | 'dis'
   size_divisor: int = 32
   per_device_batch: int = 1
   seed: int = 0
@@ -56,16 +58,16 @@ class FrameIndex:
   annotated: np.ndarray  # bool [R]
 
   @classmethod
-  def from_source(cls, source) -> 'FrameIndex':
-    rows = [(int(ex['video_id']), int(ex['frame_index']),
-             bool(ex['annotated'])) for ex in (source[i]
+  def from_source(cls, source) -> "FrameIndex":
+    rows = [(int(ex["video_id"]), int(ex["frame_index"]),
+             bool(ex["annotated"])) for ex in (source[i]
                                                for i in range(len(source)))]
     if not rows:
-      raise ValueError('The frame source is empty')
+      raise ValueError("The frame source is empty")
     v, f, a = (np.array(c) for c in zip(*rows))
     keys = set(zip(v.tolist(), f.tolist()))
     if len(keys) != len(rows):
-      raise ValueError('The frame source has duplicate (video, frame) keys')
+      raise ValueError("The frame source has duplicate (video, frame) keys")
     return cls(v.astype(np.int32), f.astype(np.int32), a.astype(bool))
 
   def lookup(self) -> Dict[Tuple[int, int], int]:
@@ -88,17 +90,17 @@ def open_source(builder: tfds.core.DatasetBuilder, split: str,
   when the pipeline's flow is not 'ground_truth').
   """
   skip = {}
-  if not decode_flow and 'flow_layer' in builder.info.features:
-    skip = {'flow_layer': tfds.decode.SkipDecoding()}
+  if not decode_flow and "flow_layer" in builder.info.features:
+    skip = {"flow_layer": tfds.decode.SkipDecoding()}
   try:
     source = builder.as_data_source(split=split, decoders=skip or None)
     light = builder.as_data_source(split=split, decoders={
-        k: tfds.decode.SkipDecoding() for k in ('image', 'panoptic',
-                                                'flow_layer')
+        k: tfds.decode.SkipDecoding() for k in ("image", "panoptic",
+                                                "flow_layer")
         if k in builder.info.features})
   except (NotImplementedError, ValueError, FileNotFoundError) as e:
     raise ValueError(
-        f'{builder.name} split {split!r} is not available for random access; '
+        f"{builder.name} split {split!r} is not available for random access; "
         "prepare the builder with file_format='array_record'") from e
   return source, FrameIndex.from_source(light)
 
@@ -119,8 +121,8 @@ def train_pairs(index: FrameIndex, cfg: TrainConfig,
     if refs:
       pairs.append((i, refs[rng.integers(len(refs))]))
   if not pairs:
-    raise ValueError(f'No training pairs: no annotated frame has a reference '
-                     f'at offsets {cfg.ref_offsets}')
+    raise ValueError(f"No training pairs: no annotated frame has a reference "
+                     f"at offsets {cfg.ref_offsets}")
   pairs = np.array(pairs, np.int64)
   return pairs[rng.permutation(len(pairs))]
 
@@ -130,19 +132,19 @@ def _train_specs(cfg: TrainConfig) -> Dict[str, tf.TensorSpec]:
   n = cfg.max_instances
   f32, i32 = tf.float32, tf.int32
   specs = {
-      'image': ([h, w, 3], f32), 'ref_image': ([h, w, 3], f32),
-      'pad_mask': ([h, w], tf.bool),
-      'semantic': ([h, w], i32), 'semantic_quarter': ([h // 4, w // 4], i32),
-      'gt_boxes': ([n, 4], f32), 'gt_classes': ([n], i32),
-      'gt_track_ids': ([n], i32), 'gt_valid': ([n], tf.bool),
-      'gt_masks': ([n, h, w], tf.uint8), 'gt_ref_index': ([n], i32),
-      'ref_boxes': ([n, 4], f32), 'ref_classes': ([n], i32),
-      'ref_track_ids': ([n], i32), 'ref_valid': ([n], tf.bool),
-      'video_id': ([], i32), 'frame_index': ([], i32),
-      'ref_frame_index': ([], i32),
+      "image": ([h, w, 3], f32), "ref_image": ([h, w, 3], f32),
+      "pad_mask": ([h, w], tf.bool),
+      "semantic": ([h, w], i32), "semantic_quarter": ([h // 4, w // 4], i32),
+      "gt_boxes": ([n, 4], f32), "gt_classes": ([n], i32),
+      "gt_track_ids": ([n], i32), "gt_valid": ([n], tf.bool),
+      "gt_masks": ([n, h, w], tf.uint8), "gt_ref_index": ([n], i32),
+      "ref_boxes": ([n, 4], f32), "ref_classes": ([n], i32),
+      "ref_track_ids": ([n], i32), "ref_valid": ([n], tf.bool),
+      "video_id": ([], i32), "frame_index": ([], i32),
+      "ref_frame_index": ([], i32),
   }
-  if cfg.flow != 'none':
-    specs['flow'] = ([h, w, 2], f32)
+  if cfg.flow != "none":
+    specs["flow"] = ([h, w, 2], f32)
   return {k: tf.TensorSpec(s, d) for k, (s, d) in specs.items()}
 
 
@@ -159,11 +161,15 @@ def train_dataset(source, index: FrameIndex, cfg: TrainConfig, *,
   """Batches of training pairs shaped [local_devices, per_device_batch, ...].
 
   process_index / process_count / local_devices default to jax's values.
-  Deterministic from cfg.seed for a fixed number of hosts.
+  Step s's global batch (G = process_count * local_devices *
+  per_device_batch pairs) depends on (cfg.seed, s) alone: host h holds
+  its contiguous slice h * G / process_count ..., so the device at global
+  index i holds the pairs i * b ... i * b + b - 1, and each pair's
+  augmentation is seeded by its place in the epoch, for any topology.
   """
   if cfg.flow not in transforms.FLOW_MODES:
-    raise ValueError(f'flow must be one of {transforms.FLOW_MODES}, got '
-                     f'{cfg.flow!r}')
+    raise ValueError(f"flow must be one of {transforms.FLOW_MODES}, got "
+                     f"{cfg.flow!r}")
   if None in (process_index, process_count, local_devices):
     import jax  # pylint: disable=g-import-not-at-top
     process_index = jax.process_index() if process_index is None else (
@@ -175,13 +181,19 @@ def train_dataset(source, index: FrameIndex, cfg: TrainConfig, *,
   specs = _train_specs(cfg)
   keys = list(specs)
 
+  batch = local_devices * cfg.per_device_batch
+
   def pairs():
-    epoch = 0
+    # One stream of pairs for all hosts (epochs back to back); the global
+    # batch of step s is its positions [s * G, (s + 1) * G), and this host
+    # reads the contiguous slice [process_index * batch, ...) of each.
+    epoch, n = 0, 0
     while num_epochs is None or epoch < num_epochs:
       epoch_pairs = train_pairs(index, cfg, epoch)
-      for pos in range(process_index, len(epoch_pairs), process_count):
-        t, r = epoch_pairs[pos]
-        yield t, r, _example_seed(cfg, epoch, pos)
+      for pos, (t, r) in enumerate(epoch_pairs):
+        if (n // batch) % process_count == process_index:
+          yield t, r, _example_seed(cfg, epoch, pos)
+        n += 1
       epoch += 1
 
   def load(t, r, seed):
@@ -201,8 +213,6 @@ def train_dataset(source, index: FrameIndex, cfg: TrainConfig, *,
       v.set_shape(specs[k].shape)
       out[k] = v
     return out
-
-  batch = local_devices * cfg.per_device_batch
 
   def per_device(x):
     return {k: tf.reshape(v, [local_devices, cfg.per_device_batch] +
@@ -246,7 +256,7 @@ def eval_streams(index: FrameIndex, num_streams: int,
     valid: bool [steps, num_streams], False on the padding.
   """
   if num_streams < 1:
-    raise ValueError(f'num_streams must be >= 1, got {num_streams}')
+    raise ValueError(f"num_streams must be >= 1, got {num_streams}")
   videos = [v for k, (_, v) in enumerate(sorted(index.videos().items()))
             if k % process_count == process_index]
   streams = [[] for _ in range(num_streams)]
@@ -266,7 +276,7 @@ def eval_streams(index: FrameIndex, num_streams: int,
   return rows, valid
 
 
-def eval_dataset(source, index: FrameIndex, *, flow: str = 'none',
+def eval_dataset(source, index: FrameIndex, *, flow: str = "none",
                  size_divisor: int = 32, process_index: Optional[int] = None,
                  process_count: Optional[int] = None,
                  num_streams: Optional[int] = None) -> tf.data.Dataset:
@@ -291,20 +301,20 @@ def eval_dataset(source, index: FrameIndex, *, flow: str = 'none',
                                process_count)
     order, valid = rows.reshape(-1, 2), valid.reshape(-1)
   first = source[int(order[0, 0])] if len(order) else source[0]
-  size = np.asarray(first['image']).shape[:2]
+  size = np.asarray(first["image"]).shape[:2]
   h, w = (transforms.round_up(s, size_divisor) for s in size)
-  specs = {'image': ([h, w, 3], tf.float32),
-           'ref_image': ([h, w, 3], tf.float32),
-           'pad_mask': ([h, w], tf.bool), 'orig_size': ([2], tf.int32),
-           'annotated': ([], tf.bool), 'video_id': ([], tf.int32),
-           'frame_index': ([], tf.int32), 'ref_frame_index': ([], tf.int32)}
-  if flow != 'none':
-    specs['flow'] = ([h, w, 2], tf.float32)
+  specs = {"image": ([h, w, 3], tf.float32),
+           "ref_image": ([h, w, 3], tf.float32),
+           "pad_mask": ([h, w], tf.bool), "orig_size": ([2], tf.int32),
+           "annotated": ([], tf.bool), "video_id": ([], tf.int32),
+           "frame_index": ([], tf.int32), "ref_frame_index": ([], tf.int32)}
+  if flow != "none":
+    specs["flow"] = ([h, w, 2], tf.float32)
   keys = list(specs)
 
   def load(i, p):
     frame = source[int(i)]
-    if np.asarray(frame['image']).shape[:2] != size:
+    if np.asarray(frame["image"]).shape[:2] != size:
       raise ValueError(f'Frame {frame["image_id"]!r} has size '
                        f'{np.asarray(frame["image"]).shape[:2]}, the split '
                        f'starts with {size}')
@@ -319,9 +329,9 @@ def eval_dataset(source, index: FrameIndex, *, flow: str = 'none',
     for k, v in zip(keys, values):
       v.set_shape(specs[k][0])
       out[k] = v
-    out['record'] = pair[0]
+    out["record"] = pair[0]
     if num_streams is not None:
-      out['valid'] = ok
+      out["valid"] = ok
     return out
 
   ds = tf.data.Dataset.from_tensor_slices((order, valid))

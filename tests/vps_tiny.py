@@ -33,6 +33,11 @@ def config(variant: str = "fusetrack", **overrides):
   c.variant = variant
   items = dict(OVERRIDES)
   items.update({k.replace("__", "."): v for k, v in overrides.items()})
+  return override(c, items)
+
+
+def override(c, items: dict):
+  """`c` with each dotted field of `items` ("model.depth") set."""
   for key, value in items.items():
     parent = c
     *path, last = key.split(".")

@@ -13,13 +13,14 @@ from PIL import Image
 import pytest
 
 from data_pipeline import metadata
+from data_pipeline import sources
 from data_pipeline import synthetic
 from eval import common
 from tests import vps_tiny
+from vpsnet_jax import experiment
 from vpsnet_jax.inference import online
 from vpsnet_jax.inference import run
 from vpsnet_jax.modeling import vpsnet
-from vpsnet_jax.train import input as input_lib
 from vpsnet_jax.train import tasks
 
 META = metadata.SYNTHETIC
@@ -38,14 +39,14 @@ def setup(tmp_path_factory):
   config = _config()
   task = tasks.create_task(config, META)
   variables = jax.device_get(jax.jit(task.init)(jax.random.PRNGKey(0)))
-  source, index = input_lib.open_split(config, str(root), "val")
+  source, index = sources.open_split(config, str(root), "val")
   return root, config, variables, source, index
 
 
 def _predict(setup, devices, name):
   root, config, variables, source, index = setup
   model = online.FrameModel(
-      vpsnet.VPSNet(tasks.model_config(config, META)), variables,
+      vpsnet.VPSNet(experiment.model_config(config, META)), variables,
       devices=devices)
   out = str(root / name)
   stats = online.predict_videos(config, model, source, index,
@@ -53,6 +54,7 @@ def _predict(setup, devices, name):
   return model, out, stats
 
 
+@pytest.mark.slow  # Compiles and runs inference on 60 frames twice.
 def test_pmap_streams_match_one_device_and_compile_once(setup):
   devices = jax.local_devices()
   one, out1, stats1 = _predict(setup, devices[:1], "one")
@@ -60,8 +62,7 @@ def test_pmap_streams_match_one_device_and_compile_once(setup):
   assert one.compiles == 1 and two.compiles == 1
   assert stats1["frames"] == stats2["frames"] == 60
   assert stats1["written"] == stats2["written"] == 12
-  for key in ("model", "tracker", "fusion", "write", "input"):
-    assert stats1[key] >= 0.0
+  assert {"model", "tracker", "fusion", "write", "input"} <= set(stats1)
   pred1 = json.load(open(os.path.join(out1, "pred.json")))
   pred2 = json.load(open(os.path.join(out2, "pred.json")))
   by_id = lambda p: {a["image_id"]: a for a in p["annotations"]}
@@ -78,6 +79,7 @@ def test_pmap_streams_match_one_device_and_compile_once(setup):
   assert things > 0  # The tracker and the fusion really had instances.
 
 
+@pytest.mark.slow  # Compiles the tiny VPSNet's inference.
 def test_predict_on_a_folder_of_frames(setup, tmp_path):
   _, config, variables, _, _ = setup
   frames_dir = tmp_path / "frames"
@@ -110,14 +112,14 @@ def test_predict_on_a_folder_of_frames(setup, tmp_path):
   assert count == 5
 
 
-def test_predict_errors(setup, tmp_path):
-  _, _, variables, _, _ = setup
+def test_predict_errors(tmp_path):
+  variables = {}  # Every error comes before the model is built.
   config = _config()
   with pytest.raises(ValueError, match="needs --config.predict.frames_dir"):
     run.predict(config, str(tmp_path), variables=variables)
   config.predict.frames_dir = str(tmp_path / "missing")
   config.input.flow = "dis"
-  with pytest.raises(FileNotFoundError, match="is not a folder"):
+  with pytest.raises(ValueError, match="is not a folder"):
     run.predict(config, str(tmp_path), variables=variables)
   (tmp_path / "empty").mkdir()
   config.predict.frames_dir = str(tmp_path / "empty")

@@ -18,12 +18,14 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
+from data_pipeline import sources
 from tests import conftest
 from tests import vps_tiny
+from vpsnet_jax.checkpoints import manager as ckpt
+from vpsnet_jax.inference import run
 from vpsnet_jax.train import preemption
-from vpsnet_jax.train import tasks
-from vpsnet_jax.train import train
-from vpsnet_jax.train import input as input_lib
+
+pytestmark = pytest.mark.slow  # main.py in subprocesses; tiny_training.
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))))
@@ -31,10 +33,10 @@ STEPS = conftest.TINY_STEPS
 
 
 def _command(workdir, *extra, mode="train"):
-  return [sys.executable, "main.py", "--config=configs/synthetic.py",
-          f"--workdir={workdir}", f"--mode={mode}", *vps_tiny.flags(),
-          f"--config.num_train_steps={STEPS}", "--config.log_every_steps=1",
-          "--config.eval_every_steps=0", *extra]
+  return conftest.tiny_main_command(
+      workdir, f"--config.num_train_steps={STEPS}",
+      "--config.log_every_steps=1", "--config.eval_every_steps=0", *extra,
+      mode=mode)
 
 
 def _run(cmd, env, timeout=900):
@@ -52,11 +54,12 @@ def _flat(tree, prefix=""):
 
 def _params(workdir, step, opt_state=True):
   """The params (and optimizer state) of WORKDIR/checkpoints/STEP."""
-  path = os.path.join(workdir, "checkpoints", str(step), "default")
-  tree = ocp.StandardCheckpointer().restore(path)
-  out = _flat(tree["params"])
+  folder = os.path.join(workdir, "checkpoints", str(step))
+  out = _flat(ocp.StandardCheckpointer().restore(
+      os.path.join(folder, "model"))["params"])
   if opt_state:
-    out.update(_flat(tree["opt_state"], "opt"))
+    out.update(_flat(ocp.StandardCheckpointer().restore(
+        os.path.join(folder, "train_state"))["opt_state"], "opt"))
   return out
 
 
@@ -158,11 +161,11 @@ def test_a_damaged_checkpoint_names_its_folder_and_the_fallback(
   shutil.copytree(os.path.join(reference, "checkpoints"),
                   os.path.join(workdir, "checkpoints"))
   folder = os.path.join(workdir, "checkpoints", str(STEPS))
-  os.remove(os.path.join(folder, "default", "manifest.ocdbt"))
+  os.remove(os.path.join(folder, "model", "manifest.ocdbt"))
   config = vps_tiny.config()
-  task = tasks.create_task(config, input_lib.meta(config))
-  with pytest.raises(train.CheckpointError) as e:
-    train.load_variables(config, workdir, task)
+  meta = sources.meta(config)
+  with pytest.raises(ckpt.CheckpointError) as e:
+    run.load_variables(config, workdir, meta)
   message = str(e.value)
   assert f"The checkpoint {folder} (step {STEPS}) cannot be restored" in (
       message)
@@ -172,7 +175,7 @@ def test_a_damaged_checkpoint_names_its_folder_and_the_fallback(
   mv = message[message.index("(mv ") + 1:message.index(")", message.index(
       "(mv "))]
   subprocess.run(shlex.split(mv), check=True)
-  variables, step = train.load_variables(config, workdir, task)
+  variables, step = run.load_variables(config, workdir, meta)
   assert step == STEPS - 1
   _assert_same(_flat(variables["params"]),
                _params(reference, STEPS - 1, opt_state=False))

@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 
 from tests.train import tiny
+from vpsnet_jax.checkpoints import manager as ckpt
+from vpsnet_jax.errors import ConfigError
 from vpsnet_jax.train import train
 
 
@@ -114,7 +116,7 @@ def test_validation_losses_every_eval_steps(tmp_path):
   assert result["eval"]["eval_loss"] == pytest.approx(expected, rel=1e-5)
   assert set(result["eval"]) == {"eval_loss", "eval_loss_mse"}
   # --mode=evaluate: the latest checkpoint (step 4), here on one device.
-  again = train.evaluate_checkpoint(
+  again = train.validation_losses(
       config, str(tmp_path / "eval"), task,
       lambda b: ({k: v.reshape((1, 4 * b) + v.shape[1:])
                   for k, v in tiny.global_batch(s, 4 * b).items()}
@@ -133,7 +135,7 @@ def test_init_from_an_earlier_stage_checkpoint(tmp_path):
   for x, y in zip(_leaves(first["state"].params),
                   _leaves(second["state"].params)):
     np.testing.assert_array_equal(x, y)
-  with pytest.raises(FileNotFoundError, match="does not exist"):
+  with pytest.raises(ConfigError, match="does not exist"):
     _run(tmp_path, "stage3", tiny.config(init_from=str(tmp_path / "nope")))
 
 
@@ -175,7 +177,7 @@ def test_init_from_torchvision_resnet_fills_the_backbone(tmp_path):
   np.savez(path, **state)
   zeros = jax.tree_util.tree_map(lambda s: np.zeros(s.shape, s.dtype),
                                  shapes)
-  out = train.init_from(str(path), zeros)
+  out = ckpt.init_from(str(path), zeros)
   np.testing.assert_array_equal(
       out["params"]["backbone"]["conv1"]["kernel"],
       state["conv1.weight"].transpose(2, 3, 1, 0))

@@ -13,15 +13,15 @@ import sys
 import numpy as np
 import pytest
 
-from configs import default
 from configs import synthetic as synthetic_config
+from tests import conftest
 from tests import vps_tiny
-from vpsnet_jax.train import tasks
-from vpsnet_jax.train import train
+import main
+from vpsnet_jax.modeling import vpsnet
+from vpsnet_jax.train import parallel
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))))
-TINY = vps_tiny.flags()
 
 
 def _scalars(workdir, tag):
@@ -35,15 +35,16 @@ def _scalars(workdir, tag):
           for e in acc.Tensors(tag)}
 
 
+@pytest.mark.slow  # main.py in a subprocess, training.
 def test_main_trains_evaluates_and_writes_vpq(tmp_path):
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
              JAX_PLATFORMS="cpu")
   proc = subprocess.run(
-      [sys.executable, "main.py", "--config=configs/synthetic.py",
-       f"--workdir={tmp_path}", *TINY,
-       "--config.num_train_steps=14", "--config.log_every_steps=1",
-       "--config.checkpoint_every_steps=7", "--config.warmup_steps=5",
-       "--config.eval_every_steps=14", "--config.input.num_eval_batches=2"],
+      conftest.tiny_main_command(
+          tmp_path, "--config.num_train_steps=14",
+          "--config.log_every_steps=1", "--config.checkpoint_every_steps=7",
+          "--config.warmup_steps=5", "--config.eval_every_steps=14",
+          "--config.input.num_eval_batches=2"),
       cwd=ROOT, env=env, capture_output=True, text=True)
   assert proc.returncode == 0, proc.stderr[-4000:]
   out = json.loads(proc.stdout[proc.stdout.rindex("\n{") + 1:])
@@ -92,14 +93,7 @@ def test_main_trains_evaluates_and_writes_vpq(tmp_path):
 
 
 def _config(**kw):
-  c = synthetic_config.get_config()
-  for k, v in kw.items():
-    parent = c
-    *path, last = k.split(".")
-    for p in path:
-      parent = parent[p]
-    parent[last] = v
-  return c
+  return vps_tiny.override(synthetic_config.get_config(), kw)
 
 
 @pytest.mark.parametrize("overrides,error,message", [
@@ -118,7 +112,7 @@ def _config(**kw):
 def test_bad_configs_fail_before_compiling(tmp_path, overrides, error,
                                            message):
   with pytest.raises(error, match=message):
-    train.train_and_evaluate(_config(**overrides), str(tmp_path))
+    main.train_and_evaluate(_config(**overrides), str(tmp_path))
   assert not os.path.exists(tmp_path / "checkpoints")
 
 
@@ -127,7 +121,7 @@ def test_unknown_config_field(tmp_path):
   with c.unlocked():
     c.model.no_such_field = 1
   with pytest.raises(ValueError, match=r"model\.no_such_field"):
-    train.train_and_evaluate(c, str(tmp_path))
+    main.train_and_evaluate(c, str(tmp_path))
 
 
 @pytest.mark.parametrize("name,words", [
@@ -138,15 +132,16 @@ def test_missing_dataset_folder_explains_the_download(tmp_path, name, words):
   c = _config(**{"dataset.name": name, "input.flow": "dis",
                  "dataset.data_dir": str(tmp_path / "missing")})
   with pytest.raises(ValueError, match=words) as e:
-    train.train_and_evaluate(c, str(tmp_path))
+    main.train_and_evaluate(c, str(tmp_path))
   assert "not a " + name in str(e.value)
   (tmp_path / "wrong").mkdir()
   (tmp_path / "wrong" / "README").write_text("not a dataset")
   c.dataset.data_dir = str(tmp_path / "wrong")
   with pytest.raises(ValueError, match=words):
-    train.train_and_evaluate(c, str(tmp_path))
+    main.train_and_evaluate(c, str(tmp_path))
 
 
+@pytest.mark.slow  # main.py in a subprocess.
 def test_main_rejects_a_bad_variant(tmp_path):
   proc = subprocess.run(
       [sys.executable, "main.py", "--config=configs/synthetic.py",
@@ -160,8 +155,8 @@ def test_every_experiment_config_has_only_default_fields():
   import importlib  # pylint: disable=g-import-not-at-top
   for name in ("synthetic", "cityscapes", "cityscapes_vps", "viper"):
     c = importlib.import_module(f"configs.{name}").get_config()
-    assert not train._unknown_fields(c, default.get_config()), name  # pylint: disable=protected-access
-    assert c.variant in tasks.VARIANTS and c.parallel in train.PARALLEL
+    main.validate(c, "train_and_evaluate")
+    assert c.variant in vpsnet.VARIANTS and c.parallel in parallel.PARALLEL
     assert c.momentum == 0.9 and c.weight_decay == 1e-4
     assert c.grad_clip_norm == 35.0 and c.warmup_steps in (100, 500)
     assert c.optimizer == ("adamw" if name == "synthetic" else "sgd")

@@ -13,6 +13,8 @@ import pytest
 from tests.train import tiny
 from vpsnet_jax.train import train
 
+pytestmark = pytest.mark.slow  # Several processes training.
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))))
 

@@ -33,7 +33,7 @@ def config(**overrides):
 
 
 def task(use_key: bool = False) -> tasks.Task:
-  """use_key adds a random term (so results depend on the per-device key)."""
+  """use_key adds a random term (so results depend on the examples' keys)."""
 
   def init(key):
     k1, k2 = jax.random.split(key)
@@ -48,7 +48,9 @@ def task(use_key: bool = False) -> tasks.Task:
     mse = jnp.mean((pred - batch["y"]) ** 2)
     parts = {"loss_mse": mse}
     if use_key:
-      parts["loss_noise"] = 0.1 * jax.random.normal(key, ()) * jnp.sum(
+      # `key`: one key per example of the device's batch.
+      noise = jax.vmap(lambda k: jax.random.normal(k, ()))(key)
+      parts["loss_noise"] = 0.1 * jnp.mean(noise) * jnp.sum(
           params["head"]["w"])
     return sum(parts.values()), parts
 

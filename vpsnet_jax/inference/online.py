@@ -29,21 +29,16 @@ import jax.numpy as jnp
 import numpy as np
 
 from data_pipeline import pipeline
+from vpsnet_jax import experiment
 from vpsnet_jax.inference import panoptic
 from vpsnet_jax.inference import tracker as tracker_lib
 from vpsnet_jax.inference import writers
 from vpsnet_jax.modeling import vpsnet
+from vpsnet_jax.ops.resize import quarter_flow
 
 # Model outputs the host needs (the gathered feature stays on the device).
 HOST_KEYS = ("boxes", "scores", "classes", "valid", "keep", "embeddings",
              "panoptic", "semantic")
-
-
-def quarter_flow(flow: np.ndarray) -> np.ndarray:
-  """NumPy `vpsnet.quarter_flow` of [..., H, W, 2] flow (host side)."""
-  *lead, h, w, _ = flow.shape
-  f = flow.reshape(*lead, h // 4, 4, w // 4, 4, 2)
-  return (f.mean(axis=(-4, -2)) / 4.0).astype(np.float32)
 
 
 class FrameModel:
@@ -125,10 +120,11 @@ class FrameModel:
     return self.fetch(self.dispatch(images, image_size, flow, has_reference))
 
 
-def needs_flow(config) -> bool:
-  """Whether inference reads the initial flow (fusing variants, IoU-Match,
-  the mask-IoU cue)."""
-  return (vpsnet.VARIANTS[config.variant].fuse or
+def reads_flow(config) -> bool:
+  """Whether inference reads the initial flow: the variant fuses
+  (`experiment.variant_uses_flow`), or the tracker uses it (IoU-Match, the
+  mask-IoU cue)."""
+  return (experiment.variant_uses_flow(config) or
           config.tracker == "iou_match" or
           (config.tracker == "track_head" and
            config.tracking.mask_iou_weight != 0))
@@ -181,7 +177,7 @@ def predict_videos(config, model: FrameModel, source,
   cfg = model.model.cfg
   if write_all is None:
     write_all = config.inference.write_all_frames
-  flow_mode = config.input.flow if needs_flow(config) else "none"
+  flow_mode = config.input.flow if reads_flow(config) else "none"
   # Whoever runs inference reads every video (multi-process training
   # evaluates on process 0 alone: VPQ needs every video's predictions).
   dataset = pipeline.eval_dataset(

@@ -16,14 +16,45 @@ from typing import Any, Dict, Optional, Tuple
 from absl import logging
 import jax
 import numpy as np
-from PIL import Image
 
+from data_pipeline import sources
+from data_pipeline import transforms
+from vpsnet_jax import experiment
+from vpsnet_jax.checkpoints import manager as ckpt
+from vpsnet_jax.errors import ConfigError
 from vpsnet_jax.inference import online
 from vpsnet_jax.inference import panoptic
+from vpsnet_jax.inference import tracker as tracker_lib
 from vpsnet_jax.inference import writers
 from vpsnet_jax.modeling import vpsnet
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+def validate(config, fields=None, check_devices: bool = True) -> None:
+  """`experiment.validate_config` plus the inference fields: the tracker,
+  and that it fits the variant (ConfigError)."""
+  experiment.validate_config(config, fields, check_devices=check_devices)
+  experiment.check_choice("tracker", config.tracker, tracker_lib.TRACKERS)
+  if (tracker_lib.TRACKERS[config.tracker][1] and
+      not experiment.variant_tracks(config)):
+    raise ConfigError(
+        f"config.tracker={config.tracker!r} needs a variant with the track "
+        f"head ('track', 'fusetrack'), not {config.variant!r}; use tracker "
+        "'none', 'cls_sort' or 'iou_match'")
+
+
+def load_variables(config, workdir: str, meta) -> Tuple[Dict[str, Any], int]:
+  """({"params", "batch_stats"}, step) of the latest checkpoint in
+  WORKDIR/checkpoints (NumPy; no compile, no optimizer)."""
+  model = vpsnet.VPSNet(experiment.model_config(config, meta))
+  image = jax.ShapeDtypeStruct((1, *experiment.init_image_size(config), 3),
+                               np.float32)
+  shapes = jax.eval_shape(lambda k, x: dict(model.init(k, x)),
+                          jax.random.PRNGKey(config.seed), image)
+  manager = ckpt.checkpoint_manager(workdir)
+  try:
+    return ckpt.restore_model(manager, shapes)
+  finally:
+    manager.close()
 
 
 def build_model(config, meta, variables=None, workdir: Optional[str] = None,
@@ -32,16 +63,13 @@ def build_model(config, meta, variables=None, workdir: Optional[str] = None,
   latest checkpoint of `workdir`) on `devices` (default: every local
   device, one stream each) and the checkpoint's step (None when variables
   are given)."""
-  from vpsnet_jax.train import tasks  # pylint: disable=g-import-not-at-top
-  from vpsnet_jax.train import train  # pylint: disable=g-import-not-at-top
   step = None
   if variables is None:
     if workdir is None:
       raise ValueError("build_model needs variables or a workdir")
-    variables, step = train.load_variables(
-        config, workdir, tasks.create_task(config, meta))
+    variables, step = load_variables(config, workdir, meta)
     logging.info("Inference with the checkpoint of step %d", step)
-  model = vpsnet.VPSNet(tasks.model_config(config, meta))
+  model = vpsnet.VPSNet(experiment.model_config(config, meta))
   return online.FrameModel(model, variables, devices=devices), step
 
 
@@ -84,14 +112,12 @@ def evaluate(config, workdir: str, variables=None, step: Optional[int] = None,
     `eval.vpq`'s result dict plus "inference" (frames, seconds, per-stage
     seconds).
   """
-  from vpsnet_jax.train import input as input_lib  # pylint: disable=g-import-not-at-top
-  from vpsnet_jax.train import train  # pylint: disable=g-import-not-at-top
-  train.validate_config(config, inference=True)
-  meta = input_lib.meta(config)
-  source, index = input_lib.open_split(config, workdir, "val")
+  validate(config)
+  meta = sources.meta(config)
+  source, index = sources.open_split(config, workdir, "val")
   layout = source.reader.layout
   if not layout.panoptic_json or not layout.panoptic_dir:
-    raise ValueError(f"{config.dataset.name}'s validation split has no "
+    raise ConfigError(f"{config.dataset.name}'s validation split has no "
                      "panoptic ground truth for VPQ")
   root = source.reader.root
   gt_json = os.path.join(root, layout.panoptic_json)
@@ -107,49 +133,13 @@ def evaluate(config, workdir: str, variables=None, step: Optional[int] = None,
                              progress)
   print(f"({stats['frames']} frames, {stats['fps']:.2f} frames/s)")
   if writer is None:
-    writer = train.create_writer(workdir)
+    writer = experiment.create_writer(workdir)
   scalars = {f"vpq/{g}": result["vpq"][g] for g in result["vpq"]}
   for k, r in result["k"].items():
     scalars.update({f"vpq/k{k}/{g}": r[g] for g in ("all", "things", "stuff")})
   writer.write_scalars(step or 0, scalars)
   writer.flush()
   return dict(result, inference=stats)
-
-
-class FolderSource:
-  """A folder of ordered frames (one video) as a random-access source."""
-
-  def __init__(self, frames_dir: str):
-    if not os.path.isdir(frames_dir):
-      raise FileNotFoundError(f"config.predict.frames_dir={frames_dir!r} is "
-                              "not a folder")
-    names = sorted(n for n in os.listdir(frames_dir)
-                   if n.lower().endswith(IMAGE_SUFFIXES))
-    if not names:
-      raise ValueError(f"{frames_dir} has no frames ({', '.join(IMAGE_SUFFIXES)}"
-                       " files)")
-    self.paths = [os.path.join(frames_dir, n) for n in names]
-    self.image_ids = [os.path.splitext(n)[0] for n in names]
-
-  def __len__(self):
-    return len(self.paths)
-
-  def __getitem__(self, i):
-    i = int(i)
-    try:
-      with Image.open(self.paths[i]) as img:
-        image = np.asarray(img.convert("RGB"))
-    except Exception as e:  # PIL raises many types for bad files.
-      raise ValueError(f"{self.paths[i]}: unreadable image: {e}") from e
-    return {"image": image, "image_id": self.image_ids[i], "video_id": 1,
-            "frame_index": i + 1, "annotated": True}
-
-  def index(self):
-    from data_pipeline import pipeline  # pylint: disable=g-import-not-at-top
-    n = len(self.paths)
-    return pipeline.FrameIndex(np.ones(n, np.int32),
-                               np.arange(1, n + 1, dtype=np.int32),
-                               np.ones(n, bool))
 
 
 def predict(config, workdir: str, variables=None, progress: bool = True
@@ -173,21 +163,19 @@ def predict(config, workdir: str, variables=None, progress: bool = True
   line says how many of how many, and the error propagates.
   """
   from data_pipeline import visualize  # pylint: disable=g-import-not-at-top
-  from vpsnet_jax.train import input as input_lib  # pylint: disable=g-import-not-at-top
-  from vpsnet_jax.train import train  # pylint: disable=g-import-not-at-top
-  train.validate_config(config, inference=True)
+  validate(config)
   if not config.predict.frames_dir:
-    raise ValueError("--mode=predict needs --config.predict.frames_dir=DIR "
+    raise ConfigError("--mode=predict needs --config.predict.frames_dir=DIR "
                      "(a folder of ordered frames)")
-  if config.input.flow == "ground_truth" and online.needs_flow(config):
-    raise ValueError("config.input.flow='ground_truth' exists only for "
+  if config.input.flow == "ground_truth" and online.reads_flow(config):
+    raise ConfigError("config.input.flow='ground_truth' exists only for "
                      "vps_synthetic's own frames; use "
                      "--config.input.flow=dis for a folder of frames")
-  meta = input_lib.meta(config)
-  source = FolderSource(config.predict.frames_dir)
+  meta = sources.meta(config)
+  source = sources.FolderSource(config.predict.frames_dir)
   out_dir = config.predict.output_dir or os.path.join(workdir, "predict")
   if _same_dir(config.predict.frames_dir, os.path.join(out_dir, "pan_pred")):
-    raise ValueError(f"config.predict.frames_dir={config.predict.frames_dir!r}"
+    raise ConfigError(f"config.predict.frames_dir={config.predict.frames_dir!r}"
                      " is the output's pan_pred/ folder (a rerun clears it);"
                      " choose another config.predict.output_dir")
   os.makedirs(out_dir, exist_ok=True)
@@ -200,7 +188,8 @@ def predict(config, workdir: str, variables=None, progress: bool = True
 
   def on_frame(frame):
     values = panoptic.panoptic_values(frame.ids, frame.segments, id_to_train)
-    image = np.clip(np.asarray(frame.image) * _STD + _MEAN, 0, 255)
+    image = np.clip(np.asarray(frame.image) * transforms.STD +
+                    transforms.MEAN, 0, 255)
     video.add(visualize.colorize(values, meta, image=image))
 
   try:
@@ -246,10 +235,3 @@ def _report_failure(out_dir: str, video: writers.VideoWriter, total: int,
         (f", {' and '.join(paths)} show the {done} frames done" if paths
          else "") + "; a rerun starts over.", flush=True)
 
-
-def _norm():
-  from data_pipeline import transforms  # pylint: disable=g-import-not-at-top
-  return transforms.STD, transforms.MEAN
-
-
-_STD, _MEAN = _norm()

@@ -37,6 +37,8 @@ from typing import Optional
 import cv2
 import numpy as np
 
+from vpsnet_jax import experiment
+
 
 @dataclasses.dataclass
 class Detections:
@@ -357,17 +359,24 @@ class NewIdTracker:
     return ids
 
 
+def _track_head(config, offset):
+  t = config.tracking
+  return TrackHeadTracker(t.affinity_weight, t.score_weight, t.iou_weight,
+                          t.class_weight, t.mask_iou_weight,
+                          cosine=config.model.track_cosine, offset=offset)
+
+
+# config.tracker -> (factory(config, offset), needs the track head).
+TRACKERS = {
+    "track_head": (_track_head, True),
+    "cls_sort": (lambda config, offset: ClsSortTracker(), False),
+    "iou_match": (lambda config, offset: IoUMatchTracker(
+        config.tracking.iou_match_threshold), False),
+    "none": (lambda config, offset: NewIdTracker(), False),
+}
+
+
 def create(config, offset: float = 1.0):
   """The tracker named by config.tracker with config.tracking's weights."""
-  t = config.tracking
-  if config.tracker == "track_head":
-    return TrackHeadTracker(t.affinity_weight, t.score_weight, t.iou_weight,
-                            t.class_weight, t.mask_iou_weight,
-                            cosine=config.model.track_cosine, offset=offset)
-  if config.tracker == "cls_sort":
-    return ClsSortTracker()
-  if config.tracker == "iou_match":
-    return IoUMatchTracker(t.iou_match_threshold)
-  if config.tracker == "none":
-    return NewIdTracker()
-  raise ValueError(f"Unknown config.tracker {config.tracker!r}")
+  experiment.check_choice("tracker", config.tracker, TRACKERS)
+  return TRACKERS[config.tracker][0](config, offset)

@@ -3,13 +3,14 @@
 A `Task` bundles the model side of training:
   init(key) -> {"params": ..., "batch_stats": ...}   (host-side shapes known
       from the config; `batch_stats` are frozen statistics, never trained)
-  loss_fn(params, batch_stats, batch, key) -> (total loss scalar,
+  loss_fn(params, batch_stats, batch, keys) -> (total loss scalar,
       {name: scalar} metrics), pure, for ONE device's batch, whose arrays
       are [per_device_batch, ...] (keys of `data_pipeline.transforms.
-      train_example`); metrics hold every loss term ("loss_*") and may hold
-      other scalars (e.g. "track_accuracy")
+      train_example`), `keys` [per_device_batch] one `jax.random` key per
+      example (`step.example_keys`); metrics hold every loss term
+      ("loss_*") and may hold other scalars (e.g. "track_accuracy")
   trainable(params) -> pytree of bools over params (False: frozen)
-  eval_fn (optional) (params, batch_stats, batch, key) -> (metrics averaged
+  eval_fn (optional) (params, batch_stats, batch, keys) -> (metrics averaged
       over devices and batches, counts summed over them), for validation
   summarize (optional) counts -> {name: scalar} (e.g. mIoU from a summed
       confusion matrix)
@@ -25,11 +26,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vpsnet_jax import experiment
 from vpsnet_jax.modeling import backbone as backbone_lib
 from vpsnet_jax.modeling import vpsnet
+from vpsnet_jax.ops import resize
 
-VARIANTS = tuple(vpsnet.VARIANTS)
-VARIANT_SPECS = vpsnet.VARIANTS
 IGNORE = 255
 
 
@@ -44,44 +45,12 @@ class Task:
                                Dict[str, float]]] = None
 
 
-def check_variant(variant: str) -> None:
-  """Raises ValueError for an unknown variant."""
-  if variant not in vpsnet.VARIANTS:
-    raise ValueError(f"Unknown config.variant {variant!r}; one of "
-                     f"{sorted(vpsnet.VARIANTS)}")
-
-
 def thing_table(meta) -> np.ndarray:
   """int32 [num train ids]: train id -> 0-based thing class, -1 for stuff."""
   table = -np.ones(len(meta.categories), np.int32)
   things = [i for i, c in enumerate(meta.categories) if c.isthing]
   table[things] = np.arange(len(things))
   return table
-
-
-def model_config(config, meta) -> vpsnet.VPSNetConfig:
-  """`VPSNetConfig` of config.variant / config.model for dataset `meta`."""
-  check_variant(config.variant)
-  m = config.model
-  things = tuple(i for i, c in enumerate(meta.categories) if c.isthing)
-  return vpsnet.VPSNetConfig(
-      variant=config.variant, num_classes=len(things),
-      num_semantic=len(meta.categories), thing_channels=things,
-      depth=m.depth, frozen_stages=m.frozen_stages, fpn_dim=m.fpn_dim,
-      box_fc_dim=m.box_fc_dim, mask_conv_dim=m.mask_conv_dim,
-      anchor_scales=tuple(m.anchor_scales),
-      rpn_train_proposals=m.rpn_train_proposals,
-      rpn_test_proposals=m.rpn_test_proposals,
-      rpn_allowed_border=m.rpn_allowed_border, rcnn_samples=m.rcnn_samples,
-      max_detections=m.max_detections,
-      max_candidates=m.max_candidates or None, dtype=m.dtype,
-      semantic_features=tuple(m.semantic_features),
-      semantic_groups=m.semantic_groups, panoptic_weight=m.panoptic_weight,
-      track_weight=m.track_weight, track_dim=m.track_dim,
-      track_cosine=m.track_cosine,
-      panoptic_score_threshold=m.panoptic_score_threshold,
-      panoptic_nms=m.panoptic_nms,
-      mask_overlap_threshold=m.mask_overlap_threshold)
 
 
 def model_batch(batch: Dict[str, jnp.ndarray], table: np.ndarray,
@@ -111,7 +80,7 @@ def model_batch(batch: Dict[str, jnp.ndarray], table: np.ndarray,
          "ref_valid": batch["ref_valid"] & (ref_cls >= 0),
          "gt_ref_index": batch["gt_ref_index"]}
   if "flow" in batch:
-    out["flow"] = vpsnet.quarter_flow(batch["flow"])
+    out["flow"] = resize.quarter_flow(batch["flow"])
   return out
 
 
@@ -138,29 +107,28 @@ def mean_iou(confusion_matrix: np.ndarray) -> float:
 def vpsnet_task(config, meta) -> Task:
   """VPSNet of config.variant, trained on the pipeline's pairs."""
   table = thing_table(meta)
-  cfg = model_config(config, meta)
+  cfg = experiment.model_config(config, meta)
   model = vpsnet.VPSNet(cfg)
-  h, w = (-(-s // config.input.size_divisor) * config.input.size_divisor
-          for s in config.input.crop_size)
+  h, w = experiment.init_image_size(config)
 
   def init(key):
     return dict(model.init(key, jnp.zeros((1, h, w, 3), jnp.float32)))
 
-  def forward(params, batch_stats, batch, key):
+  def forward(params, batch_stats, batch, keys):
     parts, aux = model.apply({"params": params, "batch_stats": batch_stats},
-                             model_batch(batch, table, cfg.offset), key,
+                             model_batch(batch, table, cfg.offset), keys,
                              method=model.losses)
     metrics = dict(parts)
     if "track_accuracy" in aux:
       metrics["track_accuracy"] = aux["track_accuracy"]
     return sum(parts.values()), metrics, aux
 
-  def loss_fn(params, batch_stats, batch, key):
-    total, metrics, _ = forward(params, batch_stats, batch, key)
+  def loss_fn(params, batch_stats, batch, keys):
+    total, metrics, _ = forward(params, batch_stats, batch, keys)
     return total, metrics
 
-  def eval_fn(params, batch_stats, batch, key):
-    total, metrics, aux = forward(params, batch_stats, batch, key)
+  def eval_fn(params, batch_stats, batch, keys):
+    total, metrics, aux = forward(params, batch_stats, batch, keys)
     pred = jnp.argmax(aux["semantic_logits"], axis=-1)
     counts = {"semantic_confusion": confusion(pred, batch["semantic"],
                                               cfg.num_semantic)}
@@ -180,5 +148,5 @@ def vpsnet_task(config, meta) -> Task:
 
 
 def create_task(config, meta) -> Task:
-  check_variant(config.variant)
+  experiment.check_variant(config.variant)
   return vpsnet_task(config, meta)
