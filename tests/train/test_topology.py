@@ -17,7 +17,8 @@ import pytest
 
 from tests import conftest
 
-pytestmark = pytest.mark.slow  # Seven main.py processes.
+# Seven main.py processes (about 8 minutes on 2 cores, 15 under load).
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]
 
 STEPS = 2
 
