@@ -5,11 +5,13 @@ built-in synthetic data, next to the paper's VIPER numbers.
         [--steps N] [--val_videos 10] [--data_dir DIR]
         [--config.field=value ...]
 
-Trains `base`, `fuse`, `track` and `fusetrack` with configs/synthetic.py and
+Trains `base`, `fuse`, `track`, `disjoined` and `fusetrack` with
+configs/synthetic.py and
 the same budget (`--steps`, default the config's num_train_steps), each in
 WORKDIR/<variant> (a finished variant is not trained again: delete its
 folder to retrain), then evaluates them online on the synthetic validation
-videos: Base and Fuse without tracking (new ids every frame), Track and
+videos: Base and Fuse without tracking (new ids every frame), Track,
+Disjoined (the fused feature feeds every branch but the track head) and
 FuseTrack with the track head, and FuseTrack with the paper's baselines
 Cls-Sort and IoU-Match. Each cell is VPQ^k All / Things / Stuff; k = 0 is
 image PQ. The last line is `fusetrack_vpq=<x>`.
@@ -34,6 +36,7 @@ ROWS = (
     ("Track", "track", "track_head"),
     ("FuseTrack Cls-Sort", "fusetrack", "cls_sort"),
     ("FuseTrack IoU-Match", "fusetrack", "iou_match"),
+    ("FuseTrack Disjoined", "disjoined", "track_head"),
     ("FuseTrack (VPSNet)", "fusetrack", "track_head"),
 )
 KS = ("0", "5", "10", "15")
@@ -52,6 +55,9 @@ PAPER_VIPER = {
     "FuseTrack IoU-Match": ((55.4, 52.2, 58.0), (45.0, 32.8, 55.2),
                             (40.1, 22.8, 54.6), (37.9, 18.2, 54.3),
                             (44.6, 31.5, 55.5)),
+    "FuseTrack Disjoined": ((55.4, 52.2, 58.0), (52.0, 48.3, 55.2),
+                            (48.6, 40.4, 54.6), (46.9, 37.5, 54.3),
+                            (50.7, 44.6, 55.5)),
     "FuseTrack (VPSNet)": ((55.4, 52.2, 58.0), (53.6, 51.7, 55.2),
                            (50.1, 44.7, 54.6), (48.4, 41.4, 54.3),
                            (51.9, 47.5, 55.5)),

@@ -45,6 +45,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.input.ref_offsets = (-5, 5)
   config.input.max_instances = 50
   config.input.size_divisor = 32
+  # A crop keeping no instance of a frame that has some is redrawn (scale,
+  # flip, crop) up to this many times, then the whole frame scaled to fit
+  # is used (the release redraws without bound; 0: no redraw).
+  config.input.crop_retries = 10
   # Initial optical flow (target -> reference) for the variants that fuse
   # and for the `iou_match` tracker: `dis` (OpenCV DIS, standing in for the
   # paper's FlowNet2) or `ground_truth` (vps_synthetic only: its exact
@@ -75,9 +79,19 @@ def get_config() -> ml_collections.ConfigDict:
   # the CPU, else 'xla' (resolved once, when the model is built). Same
   # parameters and, to float rounding, the same outputs.
   config.model.conv = "auto"
-  # UPSNet semantic head: deformable-conv widths and GroupNorm groups.
-  config.model.semantic_features = (128, 128, 128)
+  # UPSNet semantic head: deformable-conv widths and GroupNorm groups. The
+  # release's UPSNetFPN: 256 -> 256 -> 128 -> 128.
+  config.model.semantic_features = (256, 128, 128)
   config.model.semantic_groups = 32
+  # Semantic cross-entropy: 'full' (the release: x4 upsampled logits against
+  # full-resolution labels) or 'quarter' (the paper: at 1/4 scale; cheaper,
+  # see benchmarks/semantic_loss.py).
+  config.model.semantic_loss = "full"
+  # The Fuse module's feature warp: 'release' (the release's WarpingLayer:
+  # grid_sample on a linspace(-1, 1) grid with align_corners=False, about
+  # half a pixel off, twice; weights trained by the release expect it) or
+  # 'exact' (x + dx).
+  config.model.warp_grid = "release"
   # Loss weights of the panoptic and track heads (the release's 0.5; the
   # paper says 1.0 for both).
   config.model.panoptic_weight = 0.5
@@ -151,8 +165,9 @@ def get_config() -> ml_collections.ConfigDict:
   # affinity_weight * log_softmax(affinity) + score_weight * log(class
   # probability) + iou_weight * box IoU + class_weight * same class
   # (+ mask_iou_weight * IoU of the flow-warped masks, the paper's extra
-  # cue; 0 turns it off). The release file sets affinity_weight = 0 (its
-  # affinity term is commented out); MaskTrack and the issue use 1.
+  # cue; 0 turns it off). The release's compute_comp_scores: affinity 1,
+  # log class probability 1 (it comments out only the detection-score
+  # argument, passing the class probability instead), IoU 2, class 10.
   config.tracking.affinity_weight = 1.0
   config.tracking.score_weight = 1.0
   config.tracking.iou_weight = 2.0

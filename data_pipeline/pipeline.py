@@ -9,7 +9,8 @@ Training (`train_dataset`): every annotated frame is a target once per epoch,
 in an order shuffled from (seed, epoch); its reference is a frame of the same
 video at an offset drawn from `TrainConfig.ref_offsets` (annotated if
 `ref_requires_annotation`, as the track head needs the reference's boxes).
-The pair gets one joint random scale, flip and crop (`transforms`), static
+The pair gets one joint random scale, flip and crop (`transforms`; a crop
+that loses every instance is redrawn, `TrainConfig.crop_retries`), static
 shapes, and is batched per device: every array is
 [local_devices, per_device_batch, ...] (keys in `transforms.train_example`).
 Hosts take contiguous slices of each global batch (`jax.process_index()` /
@@ -41,6 +42,8 @@ class TrainConfig:
   max_instances: int = 50
   flow: str = "none"  # 'none' | 'ground_truth' | 'dis'
   size_divisor: int = 32
+  # Redraws of a crop that keeps no instance (transforms.train_example).
+  crop_retries: int = 10
   per_device_batch: int = 1
   seed: int = 0
 
@@ -202,7 +205,7 @@ def train_dataset(source, index: FrameIndex, cfg: TrainConfig, *,
         crop_size=cfg.crop_size, scale_range=cfg.scale_range,
         flip_probability=cfg.flip_probability,
         max_instances=cfg.max_instances, flow=cfg.flow,
-        size_divisor=cfg.size_divisor)
+        size_divisor=cfg.size_divisor, crop_retries=cfg.crop_retries)
     return [np.asarray(ex[k], specs[k].dtype.as_numpy_dtype) for k in keys]
 
   def tf_load(t, r, seed):

@@ -9,7 +9,7 @@ track id, -1 void), 'video_id', 'frame_index', 'image_id', optionally
 """
 import dataclasses
 import threading
-from typing import Dict, Optional, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
@@ -79,6 +79,88 @@ def identity_geometry(size: Tuple[int, int], size_divisor: int) -> Geometry:
   h, w = size
   return Geometry((h, w), False, (0, 0, h, w),
                   (round_up(h, size_divisor), round_up(w, size_divisor)))
+
+
+def fit_geometry(size: Tuple[int, int], crop_size: Tuple[int, int],
+                 flip: bool, size_divisor: int) -> Geometry:
+  """The whole H x W frame, scaled down (never up) to fit in `crop_size`
+  keeping its aspect ratio, uncropped; output size as `sample_geometry`'s
+  (crop_size rounded up to `size_divisor`)."""
+  h, w = size
+  s = min(1.0, crop_size[0] / h, crop_size[1] / w)
+  sh = min(crop_size[0], max(1, int(round(h * s))))
+  sw = min(crop_size[1], max(1, int(round(w * s))))
+  out = (round_up(crop_size[0], size_divisor),
+         round_up(crop_size[1], size_divisor))
+  return Geometry((sh, sw), flip, (0, 0, sh, sw), out)
+
+
+def has_instance(panoptic: np.ndarray) -> bool:
+  """Whether an int [H, W] panoptic map has a pixel of a (non-crowd)
+  instance: not void and track id > 0 (as `decode_panoptic`)."""
+  return bool(np.any((panoptic >= 0) & (panoptic % LABEL_DIVISOR > 0)))
+
+
+def sample_geometry_with_instances(
+    rng: np.random.Generator, panoptics: Sequence[np.ndarray],
+    scale_range: Tuple[float, float], crop_size: Tuple[int, int],
+    flip_probability: float, size_divisor: int, crop_retries: int
+) -> Tuple[Geometry, List[np.ndarray]]:
+  """`sample_geometry`, redrawn while the crop loses every instance of a
+  frame that has some (the release's RandomCrop rejects such a crop).
+
+  Args:
+    rng: the draws' source (deterministic given its state).
+    panoptics: int32 [H, W] panoptic maps of the frames the crop must keep
+      an instance of (train_example: target and reference), same H x W.
+    scale_range, crop_size, flip_probability, size_divisor: as
+      `sample_geometry`.
+    crop_retries: redraws after the first draw (0: the first draw, as
+      `sample_geometry` with the same rng draws).
+
+  A frame constrains the draw only when its full (uncropped) map has an
+  instance, so frames without instances (and unannotated references, all
+  void) take the first draw. Each redraw is a new scale, flip and crop. When
+  `crop_retries` redraws all fail, the result is `fit_geometry`: the whole
+  frame scaled down to fit the crop (flip of the last draw), which keeps
+  every instance that survives the downscale and the static output shape;
+  a plain last draw would train on a crop without instances, which the
+  release never does. (At Cityscapes' 1024x2048 and 800x1600 crops it is
+  the whole frame at scale 0.78, next to the smallest training scale 0.8.)
+
+  The release differs: its RandomCrop returns None when no box is left
+  (target, and reference when annotated) and its dataset then loads
+  another random image, without bound (the whole pipeline again: reference
+  offset, scale, flip, crop; images without boxes are never trained). Here
+  the pair is fixed by the epoch's order, so the same frames are redrawn,
+  at most `crop_retries` times.
+
+  Returns:
+    (geometry, the `panoptics` warped by it, int32 [H', W'] each with -1 in
+    the padding; H', W' = crop_size rounded up to size_divisor).
+  """
+  size = panoptics[0].shape[:2]
+
+  def draw(geo=None):
+    geo = geo or sample_geometry(rng, size, scale_range, crop_size,
+                                 flip_probability, size_divisor)
+    warped = [warp(p, geo, nearest=True, fill=-1) for p in panoptics]
+    return geo, warped, {i for i, p in enumerate(warped)
+                         if not has_instance(p)}
+
+  geo, warped, missing = draw()
+  if not missing or crop_retries <= 0:
+    return geo, warped
+  needed = {i for i, p in enumerate(panoptics) if has_instance(p)}
+  for _ in range(crop_retries):
+    if not missing & needed:
+      return geo, warped
+    geo, warped, missing = draw()
+  if not missing & needed:
+    return geo, warped
+  geo, warped, _ = draw(fit_geometry(size, crop_size, geo.flip,
+                                     size_divisor))
+  return geo, warped
 
 
 def resize(array: np.ndarray, size: Tuple[int, int],
@@ -228,9 +310,13 @@ def reference_index(target_ids: np.ndarray, target_valid: np.ndarray,
 
 
 def quarter(semantic: np.ndarray) -> np.ndarray:
-  """Nearest 1/4-scale copy of an [H, W] map (H, W multiples of 4)."""
+  """1/4-scale copy of an [H, W] map (H, W multiples of 4): pixel (4i, 4j),
+  as the release's `mmcv.imrescale(..., 0.25, interpolation='nearest')`
+  (OpenCV's nearest takes the source pixel floor(4i))."""
   h, w = semantic.shape
-  return resize(semantic, (h // 4, w // 4), nearest=True).astype(np.int32)
+  if h % 4 or w % 4:
+    raise ValueError(f"quarter needs H, W multiples of 4, got {h}x{w}")
+  return np.ascontiguousarray(semantic[::4, ::4]).astype(np.int32)
 
 
 def train_example(target: Dict, reference: Dict, rng: np.random.Generator,
@@ -238,8 +324,15 @@ def train_example(target: Dict, reference: Dict, rng: np.random.Generator,
                   scale_range: Tuple[float, float] = (0.8, 1.5),
                   flip_probability: float = 0.5, max_instances: int = 50,
                   flow: str = "none", size_divisor: int = 32,
-                  geometry: Optional[Geometry] = None) -> Dict[str, np.ndarray]:
+                  geometry: Optional[Geometry] = None,
+                  crop_retries: int = 10) -> Dict[str, np.ndarray]:
   """A training pair with one joint random scale/flip/crop.
+
+  The geometry is `geometry` if given, else drawn from `rng` by
+  `sample_geometry_with_instances` on the target's and the reference's
+  panoptic maps: redrawn up to `crop_retries` times while the crop keeps
+  no instance of a frame that has some, then the whole frame scaled to fit
+  (0: one draw, as `sample_geometry`).
 
   Returns (H, W = crop size rounded up to `size_divisor`, N = max_instances):
     'image', 'ref_image': float32 [H, W, 3], normalised, 0 in the padding;
@@ -261,12 +354,17 @@ def train_example(target: Dict, reference: Dict, rng: np.random.Generator,
   if ref_image.shape[:2] != size:
     raise ValueError(f"Frames {_name(target)} and {_name(reference)} differ "
                      f"in size: {size} vs {ref_image.shape[:2]}")
-  geo = geometry or sample_geometry(rng, size, scale_range, crop_size,
-                                    flip_probability, size_divisor)
-  sem, track = decode_panoptic(warp(np.asarray(target["panoptic"]), geo,
-                                    nearest=True, fill=-1))
-  ref_sem, ref_track = decode_panoptic(warp(np.asarray(reference["panoptic"]),
-                                            geo, nearest=True, fill=-1))
+  panoptics = [np.asarray(target["panoptic"]),
+               np.asarray(reference["panoptic"])]
+  if geometry is None:
+    geo, warped = sample_geometry_with_instances(
+        rng, panoptics, scale_range, crop_size, flip_probability,
+        size_divisor, crop_retries)
+  else:
+    geo = geometry
+    warped = [warp(p, geo, nearest=True, fill=-1) for p in panoptics]
+  sem, track = decode_panoptic(warped[0])
+  ref_sem, ref_track = decode_panoptic(warped[1])
   img = warp(image, geo, nearest=False, fill=0)
   ref_img = warp(ref_image, geo, nearest=False, fill=0)
   pad_mask = np.zeros(geo.out, bool)

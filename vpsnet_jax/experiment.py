@@ -122,6 +122,9 @@ def validate_config(config, fields: Optional[ml_collections.ConfigDict] = None,
   check_choice("dataset.name", config.dataset.name, sources.DATASETS)
   check_choice("input.flow", config.input.flow, FLOWS)
   check_choice("model.conv", config.model.conv, CONV_IMPLS)
+  check_choice("model.warp_grid", config.model.warp_grid, vpsnet.WARP_GRIDS)
+  check_choice("model.semantic_loss", config.model.semantic_loss,
+               vpsnet.SEMANTIC_LOSSES)
   if (config.input.flow == "ground_truth" and
       not sources.DATASETS[config.dataset.name].has_flow):
     raise ConfigError("config.input.flow='ground_truth' needs the exact "
@@ -176,7 +179,8 @@ def model_config(config, meta, backend: Optional[str] = None
       max_detections=m.max_detections,
       max_candidates=m.max_candidates or None, dtype=m.dtype,
       semantic_features=tuple(m.semantic_features),
-      semantic_groups=m.semantic_groups, panoptic_weight=m.panoptic_weight,
+      semantic_groups=m.semantic_groups, semantic_loss=m.semantic_loss,
+      warp_grid=m.warp_grid, panoptic_weight=m.panoptic_weight,
       track_weight=m.track_weight, track_dim=m.track_dim,
       track_cosine=m.track_cosine,
       panoptic_score_threshold=m.panoptic_score_threshold,

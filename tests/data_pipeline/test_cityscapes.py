@@ -12,6 +12,8 @@ import os
 import re
 import shutil
 
+from absl import flags
+from ml_collections import config_flags
 import numpy as np
 from PIL import Image
 import pytest
@@ -359,13 +361,43 @@ def _config(root):
   return config
 
 
-def test_config_is_valid():
-  config = _config("")
+def _load_config(choice):
+  """configs/cityscapes.py[:choice] as main.py's --config flag loads it."""
+  flag_values = flags.FlagValues()
+  config_flags.DEFINE_config_file("config", None, flag_values=flag_values)
+  path = cityscapes_config.__file__ + (f":{choice}" if choice else "")
+  flag_values(["main.py", f"--config={path}"])
+  return flag_values.config
+
+
+@pytest.mark.filterwarnings("ignore:the load_module:DeprecationWarning")
+@pytest.mark.parametrize("choice", [None, "release", "paper"])
+def test_config_choices(choice):
+  config = _load_config(choice)
   run.validate(config, check_devices=False)
-  assert (config.variant, config.tracker, tuple(config.eval.ks)) == (
-      "fuse", "none", (0,))
-  assert (config.num_epochs, tuple(config.lr_decay_epochs),
-          config.epoch_repeats) == (144, (96, 128), 1)
+  assert (config.dataset.name, config.variant, config.tracker,
+          tuple(config.eval.ks), config.input.flow) == (
+              "cityscapes", "fuse", "none", (0,), "dis")
+  assert (tuple(config.input.crop_size), tuple(config.input.scale_range),
+          config.input.flip_probability, config.input.size_divisor,
+          config.input.crop_retries) == ((800, 1600), (0.8, 1.5), 0.5, 32, 10)
+  assert (config.per_device_batch_size, config.base_learning_rate,
+          config.learning_rate_batch, config.warmup_steps,
+          config.warmup_ratio, config.grad_clip_norm, config.momentum,
+          config.weight_decay) == (1, 0.005, 8, 500, 1 / 3, 35.0, 0.9, 1e-4)
+  schedule = (tuple(config.input.ref_offsets), config.num_epochs,
+              tuple(config.lr_decay_epochs), config.epoch_repeats)
+  if choice == "paper":
+    assert schedule == ((-5, -4, -3, -2, -1, 1, 2, 3, 4, 5), 144, (96, 128),
+                        1)
+  else:  # The release's configs/cityscapes/fuse.py.
+    assert schedule == ((-1, 1), 24, (16, 22), 8)
+  assert input_lib.train_config(config, 1).crop_retries == 10
+
+
+def test_config_unknown_choice_raises():
+  with pytest.raises(ValueError, match=r"'papper'.*\('release', 'paper'\)"):
+    cityscapes_config.get_config("papper")
 
 
 def test_training_pairs_through_train_input(root, tmp_path):
@@ -383,7 +415,7 @@ def test_training_pairs_through_train_input(root, tmp_path):
   assert set(videos.tolist()) <= {1, 2}
   for v, t, r in zip(videos.tolist(), targets.tolist(), refs.tolist()):
     assert t == 20 and annotated[(v, t)]
-    assert 1 <= abs(r - t) <= 5 and not annotated[(v, r)]
+    assert abs(r - t) == 1 and not annotated[(v, r)]  # The release's.
   assert batch["image"].shape[-3:] == (64, 128, 3)
   assert batch["flow"].shape[-3:] == (64, 128, 2)
   assert batch["gt_valid"].any()

@@ -83,6 +83,8 @@ def test_variant_trains_and_gradients_reach_its_parameters(pairs, variant):
   spec = vpsnet.VARIANTS[variant]
   params = c.variables["params"]
   assert ("fuse" in params) == spec.fuse
+  # The extra neck (refine) only where the release has it: the fusing models.
+  assert ("refine" in params) == spec.fuse
   assert ("track_head" in params) == spec.track
   if spec.fuse:
     assert ("align" in params["fuse"]) == spec.align
@@ -174,6 +176,97 @@ def test_exact_flow_aligns_reference_features():
     err = lambda a: np.mean((a - p2[0]) ** 2, axis=-1)[vis].mean()
     ratios.append(err(aligned) / err(p2[1]))
   assert max(ratios) < 0.97 and np.mean(ratios) < 0.9, ratios
+
+
+def test_variant_structure_follows_the_release():
+  """Parameters of each variant (abstract init, no compile): the extra neck
+  (`refine`, `fuse`) exactly in the variants that fuse, the track head in
+  the tracking ones; the release's semantic widths 256 -> 256 -> 128 -> 128
+  by default."""
+  image = jnp.zeros((1, 64, 128, 3), jnp.float32)
+  for variant, spec in vpsnet.VARIANTS.items():
+    model = vpsnet.VPSNet(experiment.model_config(vps_tiny.config(variant),
+                                                  META))
+    params = jax.eval_shape(model.init, jax.random.PRNGKey(0), image)[
+        "params"]
+    assert ("refine" in params) == ("fuse" in params) == spec.fuse, variant
+    assert ("track_head" in params) == spec.track, variant
+  assert vpsnet.VARIANTS["disjoined"] == vpsnet.Variant(
+      True, True, True, True, track_unfused=True)
+  cfg = vpsnet.VPSNetConfig(num_classes=8)
+  assert cfg.semantic_features == (256, 128, 128)
+  assert (cfg.semantic_loss, cfg.warp_grid) == ("full", "release")
+  model = vpsnet.VPSNet(dataclasses.replace(cfg, depth=18, fpn_dim=256))
+  stack = jax.eval_shape(model.init, jax.random.PRNGKey(0), image)[
+      "params"]["semantic_head"]["stack"]
+  assert [stack[f"dconv{i}"]["kernel"].shape for i in range(3)] == [
+      (3, 3, 256, 256), (3, 3, 256, 128), (3, 3, 128, 128)]
+  with pytest.raises(ValueError, match="warp_grid"):
+    vpsnet.VPSNetConfig(num_classes=8, warp_grid="torch")
+  with pytest.raises(ValueError, match="semantic_loss"):
+    vpsnet.VPSNetConfig(num_classes=8, semantic_loss="half")
+
+
+@pytest.mark.slow  # Compiles the tiny Disjoined's inference.
+def test_disjoined_track_head_reads_unfused_features(pairs):
+  """Disjoined: the embeddings are the track head on RoI features of the
+  target's FPN levels (not the fused ones); the boxes, the masks and the
+  semantic map come from the fused features as in FuseTrack."""
+  c = compiled("disjoined")
+  gathered = np.asarray(c.infer(c.variables, *_infer_inputs(
+      pairs[1], has_ref=False))["gathered"])
+  inputs = _infer_inputs(pairs[0], gathered)
+  out = c.infer(c.variables, *inputs)
+
+  def embed(m, images, boxes, ref, flow, has_ref, fused):
+    feats = m.features(images)
+    if fused:
+      feats, _ = m.neck_features(feats, ref, flow, has_ref)
+    return m.track_head(m._roi_features(feats, boxes, 7))  # pylint: disable=protected-access
+
+  images, _, ref, flow, has_ref = inputs
+  unfused, fused = (np.asarray(c.model.apply(
+      c.variables, images, out["boxes"], ref, flow, has_ref, f,
+      method=embed)) for f in (False, True))
+  # Every detection slot (the random model's scores may all be below the
+  # panoptic threshold; the embeddings are computed for every slot).
+  np.testing.assert_allclose(np.asarray(out["embeddings"]), unfused,
+                             rtol=1e-4, atol=1e-4)
+  assert not np.allclose(unfused, fused, atol=1e-3)
+
+
+@pytest.mark.slow  # Compiles the tiny Base's forward twice.
+def test_semantic_loss_at_full_resolution_or_quarter(pairs):
+  """semantic_loss='full' (release): cross-entropy of the x4 upsampled
+  logits against the pipeline's full-resolution labels; 'quarter' (paper):
+  of the 1/4-scale logits against the labels at pixels (4i, 4j)."""
+  batch = jax.tree_util.tree_map(lambda x: x, pairs[0])
+  values = {}
+  for mode in ("full", "quarter"):
+    config = vps_tiny.config("base", model__semantic_loss=mode)
+    task = tasks.create_task(config, META)
+    model = vpsnet.VPSNet(experiment.model_config(config, META))
+    variables = compiled("base").variables
+    mb = tasks.model_batch(batch, tasks.thing_table(META),
+                           model.cfg.offset)
+    keys = jax.random.split(jax.random.PRNGKey(0), batch["image"].shape[0])
+    _, metrics = jax.jit(task.loss_fn)(variables["params"],
+                                       variables["batch_stats"], batch, keys)
+    quarter, full = jax.jit(lambda v, x: model.apply(
+        v, x, method=lambda m, y: m.semantic_head(m.features(y)[:4])))(
+            variables, mb["images"])
+    logits, labels = ((full, batch["semantic"]) if mode == "full" else
+                      (quarter, batch["semantic"][:, ::4, ::4]))
+    logits, labels = np.asarray(logits, np.float64), np.asarray(labels)
+    logp = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(
+        -1, keepdims=True)) - logits.max(-1, keepdims=True)
+    valid = labels != 255
+    nll = -np.take_along_axis(logp, np.where(valid, labels, 0)[..., None],
+                              -1)[..., 0]
+    expected = nll[valid].mean()
+    values[mode] = float(metrics["loss_semantic"])
+    assert values[mode] == pytest.approx(expected, rel=1e-4), mode
+  assert values["full"] != pytest.approx(values["quarter"], rel=1e-3)
 
 
 STEPS = 120

@@ -1,6 +1,7 @@
-"""`quarter_flow`: block means / stride on NumPy (stays NumPy) and JAX
-arrays, any leading axes; `upsample_bilinear` equals torch's bilinear
-interpolation (align_corners=False) for upsampling."""
+"""`quarter_flow`: torch's bilinear downscale / stride (the release's) on
+NumPy (stays NumPy) and JAX arrays, any leading axes; `upsample_bilinear`
+equals torch's bilinear interpolation (align_corners=False) for
+upsampling."""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -11,14 +12,16 @@ from vpsnet_jax.ops.resize import upsample_bilinear
 
 
 def _loop_reference(flow, stride):
+  """torch's F.interpolate(bilinear, scale 1/stride, align_corners=False)
+  on (N, 2, H, W), divided by the stride (the release's flow downscale)."""
+  import torchvision  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
+  import torch  # pylint: disable=import-outside-toplevel
+  import torch.nn.functional as F  # pylint: disable=import-outside-toplevel
   *lead, h, w, _ = flow.shape
-  flat = flow.reshape((-1, h, w, 2)).astype(np.float64)
-  out = np.zeros((flat.shape[0], h // stride, w // stride, 2))
-  for i in range(h // stride):
-    for j in range(w // stride):
-      block = flat[:, i * stride:(i + 1) * stride,
-                   j * stride:(j + 1) * stride]
-      out[:, i, j] = block.mean(axis=(1, 2)) / stride
+  flat = torch.from_numpy(flow.reshape((-1, h, w, 2)).astype(np.float64))
+  out = F.interpolate(flat.permute(0, 3, 1, 2), scale_factor=1.0 / stride,
+                      mode="bilinear", align_corners=False) / stride
+  out = out.permute(0, 2, 3, 1).numpy()
   return out.reshape(tuple(lead) + out.shape[1:])
 
 

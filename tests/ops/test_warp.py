@@ -64,3 +64,52 @@ def test_flow_gradient_matches_finite_differences():
   e[0, 2, 3, 1] = 1.0
   np.testing.assert_allclose(gx[0, 2, 3, 1], np.sum(_numpy_warp(e, flow) * cot),
                              atol=1e-5)
+
+
+def _release_warping_layer(x, flow):
+  """The release's `WarpingLayer`, written from its definition in torch.
+
+  x: (N, C, H, W); flow: (N, 2, H, W) in pixels. A linspace(-1, 1) grid plus
+  the flow divided by ((W - 1) / 2, (H - 1) / 2), sampled by grid_sample
+  with align_corners=False (bilinear, zero padding).
+  """
+  import torch  # pylint: disable=import-outside-toplevel
+  import torch.nn.functional as F  # pylint: disable=import-outside-toplevel
+  n, _, h, w = x.shape
+  gx = torch.linspace(-1.0, 1.0, w).view(1, 1, 1, w).expand(n, 1, h, w)
+  gy = torch.linspace(-1.0, 1.0, h).view(1, 1, h, 1).expand(n, 1, h, w)
+  norm = torch.cat([flow[:, :1] / ((w - 1.0) / 2.0),
+                    flow[:, 1:] / ((h - 1.0) / 2.0)], 1)
+  grid = (torch.cat([gx, gy], 1) + norm).permute(0, 2, 3, 1)
+  return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros",
+                       align_corners=False)
+
+
+def test_release_grid_matches_torch_grid_sample():
+  import torchvision  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
+  import torch  # pylint: disable=import-outside-toplevel
+  rng = np.random.default_rng(3)
+  x = rng.standard_normal((2, 7, 9, 5)).astype(np.float32)
+  flow = (2.0 * rng.standard_normal((2, 7, 9, 2))).astype(np.float32)
+  expected = _release_warping_layer(
+      torch.from_numpy(x).permute(0, 3, 1, 2),
+      torch.from_numpy(flow).permute(0, 3, 1, 2)).permute(0, 2, 3, 1).numpy()
+  out = np.asarray(jax.jit(lambda a, f: warp(a, f, grid="release"))(x, flow))
+  np.testing.assert_allclose(out, expected, atol=2e-5, rtol=1e-5)
+  # The release's zero flow is not the identity: half-weight borders.
+  zero = np.zeros_like(flow)
+  ident = np.asarray(warp(x, zero, grid="release"))
+  assert not np.allclose(ident, x, atol=1e-3)
+  np.testing.assert_allclose(
+      ident, _release_warping_layer(
+          torch.from_numpy(x).permute(0, 3, 1, 2),
+          torch.from_numpy(zero).permute(0, 3, 1, 2)).permute(
+              0, 2, 3, 1).numpy(), atol=2e-5, rtol=1e-5)
+  # Position formula: x' = x * W / (W - 1) - 0.5; corner (0, 0) -> -0.5.
+  np.testing.assert_allclose(ident[:, 0, 0], 0.25 * x[:, 0, 0], rtol=1e-5)
+
+
+def test_unknown_grid_is_an_error():
+  x = np.zeros((1, 4, 4, 1), np.float32)
+  with np.testing.assert_raises_regex(ValueError, "grid must be one of"):
+    warp(x, np.zeros((1, 4, 4, 2), np.float32), grid="torch")

@@ -29,6 +29,10 @@ from vpsnet_jax.inference import writers
 from vpsnet_jax.modeling import vpsnet
 
 
+def _tracking_variants():
+  return [repr(v) for v, spec in vpsnet.VARIANTS.items() if spec.track]
+
+
 def validate(config, fields=None, check_devices: bool = True) -> None:
   """`experiment.validate_config` plus the inference fields: the tracker,
   and that it fits the variant (ConfigError)."""
@@ -38,7 +42,8 @@ def validate(config, fields=None, check_devices: bool = True) -> None:
       not experiment.variant_tracks(config)):
     raise ConfigError(
         f"config.tracker={config.tracker!r} needs a variant with the track "
-        f"head ('track', 'fusetrack'), not {config.variant!r}; use tracker "
+        f"head ({', '.join(_tracking_variants())}), not "
+        f"{config.variant!r}; use tracker "
         "'none', 'cls_sort' or 'iou_match'")
 
 

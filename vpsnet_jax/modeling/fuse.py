@@ -55,13 +55,16 @@ class Align(nn.Module):
 
   refined_flow = conv3x3->2 o [conv3x3 + lrelu(0.1)] x3 (64, 64, 32) of
   concat(target, correlation(target, warped, 4), initial_flow), as the
-  release's `LiteFlowNetCorr`; output = warp(warped, refined_flow).
-  `conv`: the convolution module (`conv_ops.Conv` or `conv_ops.conv_def(
-  impl)`).
+  release's `LiteFlowNetCorr`; output = warp(warped, refined_flow): two
+  warps in sequence, as the release's `BFPTcea.forward`, not one by the sum
+  of the flows. `grid`: the warp's sampling grid (`ops.warp.warp`: "exact"
+  or the release's "release"). `conv`: the convolution module
+  (`conv_ops.Conv` or `conv_ops.conv_def(impl)`).
   """
   max_displacement: int = 4
   dtype: Any = jnp.float32
   conv: ModuleDef = conv_ops.Conv
+  grid: str = "exact"
 
   @nn.compact
   def __call__(self, target: jnp.ndarray, reference: jnp.ndarray,
@@ -72,7 +75,7 @@ class Align(nn.Module):
       aligned reference (N, H, W, C) and refined flow (N, H, W, 2) (the
       residual flow applied after the initial one).
     """
-    warped = warp(reference, flow)
+    warped = warp(reference, flow, grid=self.grid)
     corr = correlation(target, warped, self.max_displacement)
     x = jnp.concatenate(
         [target.astype(self.dtype), corr.astype(self.dtype),
@@ -81,7 +84,7 @@ class Align(nn.Module):
     for i, features in enumerate((64, 64, 32)):
       x = _lrelu(conv(features, f"flow_conv{i}")(x))
     fine = conv(2, "flow_out")(x).astype(jnp.float32)
-    return warp(warped, fine), fine
+    return warp(warped, fine, grid=self.grid), fine
 
 
 def _max_pool(x: jnp.ndarray) -> jnp.ndarray:
@@ -149,12 +152,14 @@ class Fuse(nn.Module):
     dtype: compute dtype; params stay float32.
     conv: the convolution module (`conv_ops.Conv` or `conv_ops.conv_def(
       impl)`), passed to align and attend.
+    warp_grid: align's warp grid, "exact" or "release" (`ops.warp.warp`).
   """
   max_displacement: int = 4
   use_align: bool = True
   use_attend: bool = True
   dtype: Any = jnp.float32
   conv: ModuleDef = conv_ops.Conv
+  warp_grid: str = "exact"
 
   @nn.compact
   def __call__(self, target: jnp.ndarray, reference: jnp.ndarray,
@@ -176,7 +181,8 @@ class Fuse(nn.Module):
                                          has_reference)
     if self.use_align:
       reference, _ = Align(self.max_displacement, self.dtype, conv=self.conv,
-                           name="align")(target, reference, flow)
+                           grid=self.warp_grid, name="align")(
+                               target, reference, flow)
     reference = reference.astype(target.dtype)
     if not self.use_attend:
       return (target + reference) * 0.5

@@ -1,10 +1,12 @@
 """VPSNet (Kim et al., CVPR 2020): the assembled video panoptic model.
 
-  backbone -> FPN -> gather -> [fuse: align -> attend] -> refine ->
-  redistribute -> RPN, box, mask, [track], semantic and panoptic heads
+  backbone -> FPN -> [extra neck: gather -> fuse (align -> attend) ->
+  refine -> redistribute] -> RPN, box, mask, [track], semantic and
+  panoptic heads
 
 `VPSNet` extends the image-level `detector.MaskRCNN` (same parameter names,
-so detector checkpoints and the torchvision importers apply) with the
+so detector checkpoints and the torchvision importers apply; the release's
+checkpoints import with `checkpoints.release_import`) with the
 gather/redistribute neck, the Fuse module, the UPSNet semantic and panoptic
 heads and the MaskTrack track head. The paper's variants are one field,
 `VPSNetConfig.variant`, not copies of code:
@@ -13,9 +15,19 @@ heads and the MaskTrack track head. The paper's variants are one field,
   base        -     -      -       -     image-level UPSNet-style model
   align       x     x      -       -     aligned reference averaged in
   attend      x     -      x       -     attention over the unwarped reference
-  fuse        x     x      x       -
-  track       -     -      -       x
-  fusetrack   x     x      x       x     the full VPSNet
+  fuse        x     x      x       -     the release's PanopticFuse
+  track       -     -      -       x     the release's PanopticTrack
+  fusetrack   x     x      x       x     the full VPSNet (PanopticFuseTrack)
+  disjoined   x     x      x       x*    Table 4's Disjoined: * the track
+                                         head reads the unfused FPN features
+
+The extra neck (gather -> [fuse] -> refine -> redistribute, the release's
+`BFPTcea`) exists in the variants that fuse, as in the release, whose
+`PanopticTrack` (configs/cityscapes/track.py) has no extra neck: there the
+heads read the FPN levels. `base`, `align` and `attend` have no release
+counterpart; `base` follows `track` (no extra neck: an image-level
+UPSNet), `align` and `attend` follow `fuse` (the extra neck, one half of
+the Fuse module).
 
 Methods (one `flax.linen` module, parameters shared):
   losses(batch, key)  training: dict of loss terms, aux (targets, metrics)
@@ -34,7 +46,11 @@ fuse or track):
   gt_classes:    (N, G) int32 0-based thing class
   gt_valid:      (N, G) bool (things only)
   gt_masks:      (N, G, H, W) uint8
-  semantic:      (N, H/4, W/4) int32 semantic train ids, 255 = ignore
+  semantic:      (N, H/4, W/4) int32 semantic train ids, 255 = ignore,
+                 pixels (4i, 4j) of semantic_full (the panoptic target; the
+                 semantic loss with semantic_loss="quarter")
+  semantic_full: (N, H, W) int32 the same at image resolution (the
+                 semantic loss with semantic_loss="full", the release's)
   ref_images:    (N, H, W, 3) float32 the reference frames
   flow:          (N, H/4, W/4, 2) float32 initial flow target -> reference
                  at 1/4 scale, (dx, dy) in 1/4-scale pixels
@@ -66,6 +82,8 @@ class Variant(NamedTuple):
   align: bool
   attend: bool
   track: bool
+  # The track head reads the unfused FPN features (Disjoined).
+  track_unfused: bool = False
 
 
 VARIANTS = {
@@ -75,7 +93,11 @@ VARIANTS = {
     "fuse": Variant(True, True, True, False),
     "track": Variant(False, False, False, True),
     "fusetrack": Variant(True, True, True, True),
+    "disjoined": Variant(True, True, True, True, track_unfused=True),
 }
+
+WARP_GRIDS = ("exact", "release")
+SEMANTIC_LOSSES = ("full", "quarter")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,8 +111,16 @@ class VPSNetConfig(detector.DetectorConfig):
   variant: str = "fusetrack"
   num_semantic: int = 19
   thing_channels: Tuple[int, ...] = tuple(range(11, 19))
-  semantic_features: Tuple[int, ...] = (128, 128, 128)
+  # The release's UPSNetFPN: 256 -> 256 -> 128 -> 128 deformable convs.
+  semantic_features: Tuple[int, ...] = (256, 128, 128)
   semantic_groups: int = 32
+  # Release: cross-entropy of the x4 upsampled logits against the
+  # full-resolution labels ("full"); the paper's 1/4-scale loss: "quarter".
+  semantic_loss: str = "full"
+  # The feature warp's grid (`ops.warp.warp`): the release's WarpingLayer
+  # ("release": grid_sample on a linspace grid, align_corners=False), or
+  # "exact" (x + dx).
+  warp_grid: str = "release"
   # Release 0.5; the paper says 1.0.
   panoptic_weight: float = 0.5
   track_weight: float = 0.5
@@ -111,6 +141,12 @@ class VPSNetConfig(detector.DetectorConfig):
     if self.variant not in VARIANTS:
       raise ValueError(f"Unknown VPSNet variant {self.variant!r}; one of "
                        f"{sorted(VARIANTS)}")
+    if self.warp_grid not in WARP_GRIDS:
+      raise ValueError(f"warp_grid must be one of {WARP_GRIDS}, got "
+                       f"{self.warp_grid!r}")
+    if self.semantic_loss not in SEMANTIC_LOSSES:
+      raise ValueError(f"semantic_loss must be one of {SEMANTIC_LOSSES}, got "
+                       f"{self.semantic_loss!r}")
     if len(self.thing_channels) != self.num_classes:
       raise ValueError(f"thing_channels has {len(self.thing_channels)} "
                        f"entries for num_classes={self.num_classes}")
@@ -136,12 +172,12 @@ class VPSNet(detector.MaskRCNN):
   def setup(self):
     super().setup()
     cfg, dt, conv = self.cfg, self.cfg.compute_dtype, self.conv
-    self.refine = neck_lib.Refine(dtype=dt, conv=conv)
     if cfg.spec.fuse:
+      self.refine = neck_lib.Refine(dtype=dt, conv=conv)
       self.fuse = fuse_lib.Fuse(cfg.max_displacement,
                                 use_align=cfg.spec.align,
                                 use_attend=cfg.spec.attend, dtype=dt,
-                                conv=conv)
+                                conv=conv, warp_grid=cfg.warp_grid)
     self.semantic_head = semantic_lib.SemanticHead(
         cfg.num_semantic, tuple(cfg.semantic_features), cfg.semantic_groups,
         dtype=dt, conv=conv)
@@ -173,7 +209,8 @@ class VPSNet(detector.MaskRCNN):
                     flow: Optional[jnp.ndarray] = None,
                     has_reference: Optional[jnp.ndarray] = None
                     ) -> Tuple[Tuple[jnp.ndarray, ...], jnp.ndarray]:
-    """gather -> [fuse] -> refine -> redistribute.
+    """gather -> fuse -> refine -> redistribute (variants that fuse; the
+    others return `feats` itself, with no extra neck).
 
     Args:
       feats: FPN levels P2..P6 of the target, (N, H_l, W_l, C).
@@ -187,12 +224,12 @@ class VPSNet(detector.MaskRCNN):
       gathered feature (N, H_2, W_2, C) before fusion.
     """
     gathered = neck_lib.gather(feats)
-    fused = gathered
-    if self.cfg.spec.fuse:
-      if ref_gathered is None or flow is None:
-        raise ValueError(f"variant {self.cfg.variant!r} fuses: it needs the "
-                         "reference's gathered feature and the flow")
-      fused = self.fuse(gathered, ref_gathered, flow, has_reference)
+    if not self.cfg.spec.fuse:
+      return tuple(feats), gathered
+    if ref_gathered is None or flow is None:
+      raise ValueError(f"variant {self.cfg.variant!r} fuses: it needs the "
+                       "reference's gathered feature and the flow")
+    fused = self.fuse(gathered, ref_gathered, flow, has_reference)
     return neck_lib.redistribute(self.refine(fused), feats), gathered
 
   def _take_class(self, mask_logits, classes):
@@ -240,10 +277,18 @@ class VPSNet(detector.MaskRCNN):
         batch.get("flow"), batch.get("has_reference"))
     out, aux = super().losses(batch, key, feats=fused)
 
-    # Semantic head at 1/4 scale (the paper's downsampled logits).
+    # Semantic head: the release's loss on the x4 upsampled logits against
+    # the full-resolution labels, or the paper's at 1/4 scale.
     sem_logits, aux["semantic_logits"] = self.semantic_head(fused[:4])
-    out["loss_semantic"] = semantic_lib.semantic_loss(sem_logits,
-                                                      batch["semantic"])
+    if cfg.semantic_loss == "full":
+      if "semantic_full" not in batch:
+        raise ValueError("semantic_loss='full' needs batch['semantic_full'] "
+                         "(N, H, W)")
+      out["loss_semantic"] = semantic_lib.semantic_loss(
+          aux["semantic_logits"], batch["semantic_full"])
+    else:
+      out["loss_semantic"] = semantic_lib.semantic_loss(sem_logits,
+                                                        batch["semantic"])
 
     # Panoptic head on the ground-truth boxes, at 1/4 scale.
     mask_logits = self._take_class(
@@ -254,8 +299,9 @@ class VPSNet(detector.MaskRCNN):
             sl, ml, b, c, v, stuff, things, scale=0.25))(
                 sem_logits, mask_logits, batch["gt_boxes"],
                 batch["gt_classes"], batch["gt_valid"])
-    # Pixel centres of the 1/4 grid, as the pipeline's `semantic_quarter`.
-    masks_q = batch["gt_masks"][:, :, 2::4, 2::4]
+    # Pixels (4i, 4j), as the release's gt_masks[:, ::4, ::4] and the
+    # pipeline's `semantic_quarter`.
+    masks_q = batch["gt_masks"][:, :, ::4, ::4]
     pan_target = jax.vmap(
         lambda s, m, v: panoptic_head.panoptic_target(
             s, m, v, stuff, cfg.num_semantic))(
@@ -265,7 +311,9 @@ class VPSNet(detector.MaskRCNN):
 
     if spec.track:
       t = aux["rcnn_targets"]
-      emb = self.track_head(aux["box_feats"])
+      # Disjoined: the track head reads the target's unfused FPN levels.
+      emb = self.track_head(self._roi_features(feats, t.rois, 7)
+                            if spec.track_unfused else aux["box_feats"])
       ref_emb = self.track_head(self._roi_features(ref_feats,
                                                    batch["ref_boxes"], 7))
       affinity = track_lib.track_affinity(emb, ref_emb, batch["ref_valid"],
@@ -335,7 +383,9 @@ class VPSNet(detector.MaskRCNN):
             logits.reshape(n, r, -1), deltas.reshape(n, r, -1, 4), props,
             prop_valid, image_size)
     if cfg.spec.track:
-      embeddings = self.track_head(self._roi_features(fused, dets.boxes, 7))
+      track_feats = feats if cfg.spec.track_unfused else fused
+      embeddings = self.track_head(self._roi_features(track_feats,
+                                                      dets.boxes, 7))
     else:
       embeddings = jnp.zeros(dets.scores.shape + (0,), jnp.float32)
     mask_logits = self._take_class(self._mask_logits(fused, dets.boxes),

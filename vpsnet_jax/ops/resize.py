@@ -22,8 +22,11 @@ def upsample_bilinear(x: jnp.ndarray, size: Tuple[int, int]) -> jnp.ndarray:
 def quarter_flow(flow: Union[np.ndarray, jnp.ndarray],
                  stride: int = 4) -> Union[np.ndarray, jnp.ndarray]:
   """Full-resolution flow [..., H, W, 2] in pixels -> [..., H/s, W/s, 2] at
-  the gathered feature's scale (s = `stride`): the mean of each s x s
-  block, vectors divided by s, float32.
+  the gathered feature's scale (s = `stride`), vectors divided by s,
+  float32: the release's `F.interpolate(flow, scale_factor=1/s,
+  mode='bilinear', align_corners=False) / s`. Output pixel i samples the
+  source position s*i + (s - 1)/2, i.e. the mean of the block's two centre
+  rows and columns (s even) or its centre pixel (s odd).
 
   A NumPy array gives a NumPy array (host side, nothing goes to a device);
   anything else (a JAX array, a tracer) is computed with `jax.numpy`.
@@ -37,4 +40,6 @@ def quarter_flow(flow: Union[np.ndarray, jnp.ndarray],
     raise ValueError(f"flow size {h}x{w} is not a multiple of {stride}")
   f = flow.astype(xp.float32).reshape(
       tuple(lead) + (h // stride, stride, w // stride, stride, 2))
+  centre = sorted({(stride - 1) // 2, stride // 2})
+  f = f[..., centre, :, :, :][..., centre, :]
   return (f.mean(axis=(-4, -2)) / xp.float32(stride)).astype(xp.float32)

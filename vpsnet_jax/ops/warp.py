@@ -161,12 +161,26 @@ def bilinear_sample(x: jnp.ndarray, py: jnp.ndarray,
   return _bilinear_sample(x, py.astype(jnp.float32), px.astype(jnp.float32))
 
 
-def warp(x: jnp.ndarray, flow: jnp.ndarray) -> jnp.ndarray:
-  """Backward warping: out[n, y, x] = bilinear(x[n], y + dy, x + dx).
+WARP_GRIDS = ("exact", "release")
+
+
+def warp(x: jnp.ndarray, flow: jnp.ndarray, grid: str = "exact"
+        ) -> jnp.ndarray:
+  """Backward warping: out[n, y, x] = bilinear(x[n], y', x').
+
+  grid="exact": x' = x + dx, y' = y + dy (zero flow is the identity).
+  grid="release": the VPSNet release's `WarpingLayer`, a `linspace(-1, 1)`
+    grid plus the flow scaled by 2 / (W - 1), sampled by `grid_sample` with
+    `align_corners=False` (PyTorch >= 1.3's default), which is the position
+    x' = (x + dx) * W / (W - 1) - 0.5, y' = (y + dy) * H / (H - 1) - 0.5:
+    about half a pixel off at the borders, where a sample gets half its
+    weight from the zero padding; zero flow is not the identity. Weights
+    trained by the release expect it.
 
   Args:
     x: (N, H, W, C) features.
     flow: (N, H, W, 2) flow in pixels as (dx, dy).
+    grid: "exact" or "release".
 
   Returns:
     (N, H, W, C), zeros where the sampled position falls outside the image.
@@ -174,8 +188,15 @@ def warp(x: jnp.ndarray, flow: jnp.ndarray) -> jnp.ndarray:
   """
   if flow.shape != x.shape[:3] + (2,):
     raise ValueError(f"flow must be {x.shape[:3] + (2,)}, got {flow.shape}")
+  if grid not in WARP_GRIDS:
+    raise ValueError(f"grid must be one of {WARP_GRIDS}, got {grid!r}")
   _, h, w, _ = x.shape
   flow = flow.astype(jnp.float32)
   py = jnp.arange(h, dtype=jnp.float32)[None, :, None] + flow[..., 1]
   px = jnp.arange(w, dtype=jnp.float32)[None, None, :] + flow[..., 0]
+  if grid == "release":
+    if h < 2 or w < 2:
+      raise ValueError(f"the release grid needs H, W >= 2, got {h}x{w}")
+    py = py * (h / (h - 1)) - 0.5
+    px = px * (w / (w - 1)) - 0.5
   return bilinear_sample(x, py, px)

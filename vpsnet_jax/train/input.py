@@ -30,7 +30,8 @@ def train_config(config, per_device_batch: int,
       ref_requires_annotation=experiment.variant_tracks(config),
       max_instances=i.max_instances,
       flow=i.flow if experiment.variant_uses_flow(config) else "none",
-      size_divisor=i.size_divisor, per_device_batch=per_device_batch,
+      size_divisor=i.size_divisor, crop_retries=i.crop_retries,
+      per_device_batch=per_device_batch,
       seed=config.seed)
 
 

@@ -59,7 +59,7 @@ def model_batch(batch: Dict[str, jnp.ndarray], table: np.ndarray,
   VPSNet's batch (`vpsnet` module docstring): image size from the pad
   mask, thing classes 0-based with stuff instances invalid, boxes from
   pixel edges to the detector's convention (x2 - offset), the semantic map
-  at 1/4, the flow (when the pipeline has one) at 1/4."""
+  at 1/4 and at full resolution, the flow (when the pipeline has one) at 1/4."""
   pad = batch["pad_mask"]
   h = jnp.sum(jnp.any(pad, axis=2), axis=1)
   w = jnp.sum(jnp.any(pad, axis=1), axis=1)
@@ -74,6 +74,7 @@ def model_batch(batch: Dict[str, jnp.ndarray], table: np.ndarray,
          "gt_valid": batch["gt_valid"] & (cls >= 0),
          "gt_masks": batch["gt_masks"],
          "semantic": batch["semantic_quarter"],
+         "semantic_full": batch["semantic"],
          "ref_images": batch["ref_image"],
          "has_reference": batch["frame_index"] != batch["ref_frame_index"],
          "ref_boxes": batch["ref_boxes"] - edge,
