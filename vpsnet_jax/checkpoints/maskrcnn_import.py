@@ -26,13 +26,35 @@ def _np(x) -> np.ndarray:
   return torchvision_import._to_numpy(x)  # pylint: disable=protected-access
 
 
-def _conv(sd, key) -> Dict[str, np.ndarray]:
+# Converters of one torch module (`key` is its prefix, without ".weight").
+
+
+def conv_params(sd, key) -> Dict[str, np.ndarray]:
+  """Conv2d: weight (out, in, kh, kw) -> kernel (kh, kw, in, out), bias."""
   return {"kernel": _np(sd[key + ".weight"]).transpose(2, 3, 1, 0),
           "bias": _np(sd[key + ".bias"])}
 
 
-def _dense(sd, key) -> Dict[str, np.ndarray]:
+def dense_params(sd, key) -> Dict[str, np.ndarray]:
+  """Linear: weight (out, in) -> kernel (in, out), bias."""
   return {"kernel": _np(sd[key + ".weight"]).T, "bias": _np(sd[key + ".bias"])}
+
+
+def roi_fc_params(sd, key, roi_size: int = 7) -> Dict[str, np.ndarray]:
+  """The first Linear after RoI features: its input is torch's (C, S, S)
+  flattening, ours (S, S, C); weight (out, C*S*S) -> kernel (S*S*C, out)."""
+  weight = _np(sd[key + ".weight"])
+  fc_dim, flat = weight.shape
+  channels = flat // (roi_size * roi_size)
+  weight = weight.reshape(fc_dim, channels, roi_size, roi_size)
+  return {"kernel": weight.transpose(2, 3, 1, 0).reshape(flat, fc_dim),
+          "bias": _np(sd[key + ".bias"])}
+
+
+def deconv_params(sd, key) -> Dict[str, np.ndarray]:
+  """ConvTranspose2d (in, out, kh, kw) -> `Upsample2x` (kh, kw, in, out)."""
+  return {"kernel": _np(sd[key + ".weight"]).transpose(2, 3, 0, 1),
+          "bias": _np(sd[key + ".bias"])}
 
 
 def import_maskrcnn(state_dict: Mapping[str, Any],
@@ -57,27 +79,21 @@ def import_maskrcnn(state_dict: Mapping[str, Any],
   params["fpn"] = torchvision_import.import_fpn(
       state_dict, num_levels, "backbone.fpn.")["params"]
   params["rpn_head"] = {
-      "rpn_conv": _conv(state_dict, "rpn.head.conv.0.0"),
-      "rpn_cls": _conv(state_dict, "rpn.head.cls_logits"),
-      "rpn_reg": _conv(state_dict, "rpn.head.bbox_pred")}
-  fc6 = _np(state_dict["roi_heads.box_head.fc6.weight"])
-  fc_dim, flat = fc6.shape
-  channels = flat // 49
-  fc6 = fc6.reshape(fc_dim, channels, 7, 7).transpose(2, 3, 1, 0)
+      "rpn_conv": conv_params(state_dict, "rpn.head.conv.0.0"),
+      "rpn_cls": conv_params(state_dict, "rpn.head.cls_logits"),
+      "rpn_reg": conv_params(state_dict, "rpn.head.bbox_pred")}
   params["box_head"] = {
-      "fc1": {"kernel": fc6.reshape(49 * channels, fc_dim),
-              "bias": _np(state_dict["roi_heads.box_head.fc6.bias"])},
-      "fc2": _dense(state_dict, "roi_heads.box_head.fc7"),
-      "cls": _dense(state_dict, "roi_heads.box_predictor.cls_score"),
-      "reg": _dense(state_dict, "roi_heads.box_predictor.bbox_pred")}
-  mask = {f"conv{i + 1}": _conv(state_dict, f"roi_heads.mask_head.{i}.0")
+      "fc1": roi_fc_params(state_dict, "roi_heads.box_head.fc6"),
+      "fc2": dense_params(state_dict, "roi_heads.box_head.fc7"),
+      "cls": dense_params(state_dict, "roi_heads.box_predictor.cls_score"),
+      "reg": dense_params(state_dict, "roi_heads.box_predictor.bbox_pred")}
+  mask = {f"conv{i + 1}": conv_params(state_dict,
+                                      f"roi_heads.mask_head.{i}.0")
           for i in range(4)}
-  deconv = _np(state_dict["roi_heads.mask_predictor.conv5_mask.weight"])
-  # torch ConvTranspose2d (in, out, kh, kw) -> `Upsample2x` (kh, kw, in, out).
-  mask["deconv"] = {
-      "kernel": deconv.transpose(2, 3, 0, 1),
-      "bias": _np(state_dict["roi_heads.mask_predictor.conv5_mask.bias"])}
-  mask["logits"] = _conv(state_dict, "roi_heads.mask_predictor.mask_fcn_logits")
+  mask["deconv"] = deconv_params(state_dict,
+                                 "roi_heads.mask_predictor.conv5_mask")
+  mask["logits"] = conv_params(state_dict,
+                               "roi_heads.mask_predictor.mask_fcn_logits")
   params["mask_head"] = mask
 
   # Shape check against the model.

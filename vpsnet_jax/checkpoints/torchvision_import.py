@@ -57,6 +57,29 @@ def _flax_path(key: str):
   return module, "bn", _BN_FIELDS[field]
 
 
+_BN_KEYS = {v: k for k, v in _BN_FIELDS.items()}
+
+
+def resnet_torch_key(path) -> str:
+  """The inverse of `_flax_path`: torchvision key of a ResNet leaf.
+
+  `path` is the leaf's path inside the backbone's variables without the
+  collection, e.g. ("layer2_0", "downsample_bn", "mean") ->
+  "layer2.0.downsample.1.running_mean"; ("conv1", "kernel") ->
+  "conv1.weight".
+  """
+  *module, leaf = path
+  if len(module) == 2:
+    block, name = module
+    layer, index = block.split("_")
+    name = {"downsample_conv": "downsample.0",
+            "downsample_bn": "downsample.1"}.get(name, name)
+    module = [f"{layer}.{index}.{name}"]
+  if leaf == "kernel":
+    return f"{module[0]}.weight"
+  return f"{module[0]}.{_BN_KEYS[leaf]}"
+
+
 def import_resnet(state_dict: Mapping[str, Any], variables: Mapping[str, Any],
                   prefix: str = "") -> Dict[str, Any]:
   """Fill ResNet `variables` from a torchvision state dict.
@@ -129,24 +152,38 @@ def load_torchvision_resnet(path: str, variables: Mapping[str, Any],
   return import_resnet(state, variables, prefix)
 
 
+# FPN key names: our module name -> the torch prefixes of level {i}, first
+# match wins (older torchvision versions lack the `.0`; mmdetection v1's
+# `FPN` wraps each conv in a `ConvModule`).
+FPN_LAYOUTS = {
+    "torchvision": {"lateral": ("inner_blocks.{i}.0.", "inner_blocks.{i}."),
+                    "output": ("layer_blocks.{i}.0.", "layer_blocks.{i}.")},
+    "mmdet": {"lateral": ("lateral_convs.{i}.conv.",),
+              "output": ("fpn_convs.{i}.conv.",)},
+}
+
+
 def import_fpn(state_dict: Mapping[str, Any], num_levels: int = 4,
-               prefix: str = "") -> Dict[str, Any]:
+               prefix: str = "", layout: str = "torchvision"
+               ) -> Dict[str, Any]:
   """`params` of our `FPN` from torchvision `FeaturePyramidNetwork` weights.
 
   torchvision `inner_blocks.{i}.0.*` -> `lateral_{i}`, `layer_blocks.{i}.0.*`
   -> `output_{i}` (older torchvision versions lack the `.0`). Use
-  prefix="backbone.fpn." for a torchvision Mask R-CNN.
+  prefix="backbone.fpn." for a torchvision Mask R-CNN. layout="mmdet":
+  mmdetection v1's `lateral_convs.{i}.conv.*` / `fpn_convs.{i}.conv.*`
+  (`FPN_LAYOUTS`).
   """
   params = {}
-  for ours, theirs in (("lateral", "inner_blocks"), ("output", "layer_blocks")):
+  for ours, subs in FPN_LAYOUTS[layout].items():
     for i in range(num_levels):
-      for sub in (f"{theirs}.{i}.0.", f"{theirs}.{i}."):
-        key = prefix + sub
+      for sub in subs:
+        key = prefix + sub.format(i=i)
         if key + "weight" in state_dict:
           weight = _to_numpy(state_dict[key + "weight"]).transpose(2, 3, 1, 0)
           params[f"{ours}_{i}"] = {
               "kernel": weight, "bias": _to_numpy(state_dict[key + "bias"])}
           break
       else:
-        raise KeyError(f"no weights for {prefix}{theirs}.{i}")
+        raise KeyError(f"no weights for {prefix}{subs[0].format(i=i)}")
   return {"params": params}
