@@ -382,8 +382,9 @@ def run(config, checkpoint: str, workdir: str, trust_pickle: bool = False
   from vpsnet_jax import experiment  # pylint: disable=g-import-not-at-top
   model_config = experiment.model_config(config, sources.meta(config))
   state = read_state_dict(checkpoint, trust_pickle)
-  model_state, flownet2 = split_flownet2(state)
-  variables = import_release(model_state, model_config)
+  # The whole state: import_release sets flownet2.* aside and logs how many.
+  variables = import_release(state, model_config)
+  _, flownet2 = split_flownet2(state)
   os.makedirs(workdir, exist_ok=True)
   folder = save_model(workdir, variables)
   written = {"checkpoint": folder, "variant": model_config.variant,
