@@ -10,6 +10,7 @@ device or host that holds it."""
 import os
 import socket
 import subprocess
+import time
 
 import numpy as np
 import orbax.checkpoint as ocp
@@ -48,15 +49,44 @@ def _train(workdir, data_dir, processes: int, devices: int, env):
                            f"--process_id={i}"] for i in range(processes)]
   else:
     commands = [command]
-  procs = [subprocess.Popen(c, cwd=conftest.ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True) for c in commands]
-  for p in procs:
-    _, err = p.communicate(timeout=600)
-    assert p.returncode == 0, err[-3000:]
+  logs = [os.path.join(os.path.dirname(workdir), f"{os.path.basename(workdir)}"
+                       f".process{i}.log") for i in range(len(commands))]
+  procs = []
+  for c, log in zip(commands, logs):
+    with open(log, "w") as f:
+      procs.append(subprocess.Popen(c, cwd=conftest.ROOT, env=env, stdout=f,
+                                    stderr=subprocess.STDOUT, text=True))
+  deadline = time.time() + 900
+  try:
+    while any(p.poll() is None for p in procs) and time.time() < deadline:
+      if any(p.returncode not in (None, 0) for p in procs):
+        time.sleep(5)  # The others' own error lines first, then stop them.
+        break
+      time.sleep(1)
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+        p.wait()
+  failed = [i for i, p in enumerate(procs) if p.returncode != 0]
+  assert not failed, "\n".join(
+      f"process {i} of {len(procs)}: exit status {procs[i].returncode}\n"
+      f"{_error_lines(logs[i])}" for i in failed)
   return [_leaves(ocp.StandardCheckpointer().restore(
       os.path.join(workdir, "checkpoints", str(step), "model")))
           for step in (STEPS - 1, STEPS)]
+
+
+def _error_lines(log: str) -> str:
+  """A failed process's log: its first traceback (or fatal error) and its
+  last lines, without the C++ stack dumps in between."""
+  with open(log) as f:
+    lines = [l.rstrip() for l in f if not l.lstrip().startswith("@ ")]
+  start = next((i for i, l in enumerate(lines)
+                if l.startswith(("Traceback", "Fatal Python error",
+                                 "E0", "F0"))), None)
+  head = lines[start:start + 40] if start is not None else []
+  return "\n".join(head + ["..."] + lines[-25:])
 
 
 def _leaves(tree, prefix=""):
