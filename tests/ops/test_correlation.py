@@ -6,13 +6,15 @@ import pytest
 from vpsnet_jax.ops.correlation import correlation
 
 
-def _numpy_correlation(x1, x2, d):
+def _numpy_correlation(x1, x2, d, s=1):
   n, h, w, c = x1.shape
-  size = 2 * d + 1
+  r = d // s
+  size = 2 * r + 1
   out = np.zeros((n, h, w, size * size), np.float64)
-  for dy in range(-d, d + 1):
-    for dx in range(-d, d + 1):
-      ch = (dy + d) * size + (dx + d)
+  for j in range(-r, r + 1):
+    for i in range(-r, r + 1):
+      ch = (j + r) * size + (i + r)
+      dy, dx = j * s, i * s
       for y in range(h):
         for x in range(w):
           if 0 <= y + dy < h and 0 <= x + dx < w:
@@ -32,6 +34,26 @@ def test_matches_numpy(d, shape):
   assert out.shape == shape[:3] + ((2 * d + 1) ** 2,)
   np.testing.assert_allclose(out, _numpy_correlation(x1, x2, d), atol=1e-6,
                              rtol=1e-5)
+
+
+# FlowNetC's stride2 = 2 (its d = 20 at a width beyond one block), and 3.
+@pytest.mark.parametrize("d,s,shape", [(4, 2, (2, 6, 9, 3)),
+                                       (20, 2, (1, 5, 47, 2)),
+                                       (6, 3, (1, 7, 13, 4))])
+def test_strided_displacements_match_numpy(d, s, shape):
+  rng = np.random.default_rng(d + s)
+  x1 = rng.standard_normal(shape).astype(np.float32)
+  x2 = rng.standard_normal(shape).astype(np.float32)
+  out = jax.jit(correlation, static_argnums=(2, 3))(x1, x2, d, s)
+  assert out.shape == shape[:3] + ((2 * (d // s) + 1) ** 2,)
+  np.testing.assert_allclose(out, _numpy_correlation(x1, x2, d, s),
+                             atol=1e-6, rtol=1e-5)
+
+
+def test_stride_must_divide_the_displacement():
+  x = np.zeros((1, 4, 4, 2), np.float32)
+  with pytest.raises(ValueError, match="stride"):
+    correlation(x, x, 5, 2)
 
 
 def test_peak_at_true_displacement():

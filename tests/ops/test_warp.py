@@ -1,8 +1,11 @@
-"""`warp`: integer shifts exactly, sub-pixel flow against NumPy, flow grads."""
+"""`warp`: integer shifts exactly, sub-pixel flow against NumPy, flow grads;
+`resample2d` (FlowNet2's edge-clamped warp) against a loop over its CUDA
+kernel's definition."""
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vpsnet_jax.ops.warp import resample2d
 from vpsnet_jax.ops.warp import warp
 
 
@@ -113,3 +116,42 @@ def test_unknown_grid_is_an_error():
   x = np.zeros((1, 4, 4, 1), np.float32)
   with np.testing.assert_raises_regex(ValueError, "grid must be one of"):
     warp(x, np.zeros((1, 4, 4, 2), np.float32), grid="torch")
+
+
+def _numpy_resample2d(x, flow):
+  """resample2d_kernel.cu, bilinear branch: factors from the position, the
+  four corner indices each clamped to [0, size - 1]."""
+  n, h, w, c = x.shape
+  out = np.zeros((n, h, w, c), np.float64)
+  for b in range(n):
+    for i in range(h):
+      for j in range(w):
+        xf, yf = j + float(flow[b, i, j, 0]), i + float(flow[b, i, j, 1])
+        alpha, beta = xf - np.floor(xf), yf - np.floor(yf)
+        xl = min(max(int(np.floor(xf)), 0), w - 1)
+        xr = min(max(int(np.floor(xf)) + 1, 0), w - 1)
+        yt = min(max(int(np.floor(yf)), 0), h - 1)
+        yb = min(max(int(np.floor(yf)) + 1, 0), h - 1)
+        out[b, i, j] = ((1 - alpha) * (1 - beta) * x[b, yt, xl] +
+                        alpha * (1 - beta) * x[b, yt, xr] +
+                        (1 - alpha) * beta * x[b, yb, xl] +
+                        alpha * beta * x[b, yb, xr])
+  return out
+
+
+def test_resample2d_matches_the_kernel_inside_and_outside():
+  rng = np.random.default_rng(3)
+  x = rng.standard_normal((2, 7, 9, 3)).astype(np.float32)
+  # Sub-pixel, integer and far-outside flows (edge values, not zeros).
+  flow = rng.uniform(-4, 4, (2, 7, 9, 2)).astype(np.float32)
+  flow[0, :2] = np.round(flow[0, :2])
+  flow[1, 0, :, 0] = -30.0
+  flow[1, -1, :, 1] = 12.5
+  out = np.asarray(jax.jit(resample2d)(x, flow))
+  expected = _numpy_resample2d(x, flow)
+  np.testing.assert_allclose(out, expected, atol=1e-5, rtol=1e-5)
+  # Far left of the image: the left edge column of the same row.
+  np.testing.assert_allclose(out[1, 0, 3], expected[1, 0, 3], atol=1e-5)
+  assert np.abs(out[1, 0]).min() > 0  # Not the zeros `warp` gives.
+  zero = np.zeros_like(flow)
+  np.testing.assert_allclose(np.asarray(resample2d(x, zero)), x, atol=0)

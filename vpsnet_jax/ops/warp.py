@@ -200,3 +200,44 @@ def warp(x: jnp.ndarray, flow: jnp.ndarray, grid: str = "exact"
     py = py * (h / (h - 1)) - 0.5
     px = px * (w / (w - 1)) - 0.5
   return bilinear_sample(x, py, px)
+
+
+def resample2d(x: jnp.ndarray, flow: jnp.ndarray) -> jnp.ndarray:
+  """FlowNet2's `Resample2d` (bilinear, kernel size 1): backward warping
+  with the corner indices clamped to the image, so that a position outside
+  takes the values of the nearest edge (not zeros, unlike `warp`).
+
+  out[n, y, x] = sum over the corners (yc, xc) of floor(y + dy) and
+  floor(x + dx) (+1) of the bilinear factor times x[n, clip(yc), clip(xc)],
+  the factors computed from the unclamped position, as the CUDA kernel.
+
+  Args:
+    x: (N, H, W, C) image.
+    flow: (N, H, W, 2) flow in pixels as (dx, dy).
+
+  Returns:
+    (N, H, W, C) in the dtype of `x`; differentiable in `x` and `flow`.
+  """
+  if flow.shape != x.shape[:3] + (2,):
+    raise ValueError(f"flow must be {x.shape[:3] + (2,)}, got {flow.shape}")
+  n, h, w, c = x.shape
+  flow = flow.astype(jnp.float32)
+  py = jnp.arange(h, dtype=jnp.float32)[None, :, None] + flow[..., 1]
+  px = jnp.arange(w, dtype=jnp.float32)[None, None, :] + flow[..., 0]
+  y0, x0 = jnp.floor(py), jnp.floor(px)
+  beta, alpha = py - y0, px - x0
+  y0, x0 = y0.astype(jnp.int32), x0.astype(jnp.int32)
+  rows = (jnp.clip(y0, 0, h - 1), jnp.clip(y0 + 1, 0, h - 1))
+  cols = (jnp.clip(x0, 0, w - 1), jnp.clip(x0 + 1, 0, w - 1))
+  wy = (1.0 - beta, beta)
+  wx = (1.0 - alpha, alpha)
+  batch = jnp.arange(n, dtype=jnp.int32)[:, None, None] * (h * w)
+  flat = x.reshape(n * h * w, c)
+  out = None
+  for a in range(2):
+    for b in range(2):
+      index = (batch + rows[a] * w + cols[b]).reshape(-1)
+      term = jnp.take(flat, index, axis=0).reshape(n, h, w, c) * (
+          wy[a] * wx[b]).astype(x.dtype)[..., None]
+      out = term if out is None else out + term
+  return out
