@@ -23,7 +23,7 @@ from vpsnet_jax.checkpoints import torchvision_import
 
 
 def _np(x) -> np.ndarray:
-  return torchvision_import._to_numpy(x)  # pylint: disable=protected-access
+  return torchvision_import.to_numpy(x)
 
 
 # Converters of one torch module (`key` is its prefix, without ".weight").

@@ -14,17 +14,20 @@ Convolution kernels go from (out, in, kh, kw) to (kh, kw, in, out). `fc.*` and
 `num_batches_tracked` are dropped. A prefix such as "backbone.body." (from a
 torchvision detector) can be stripped.
 """
+import os
 import re
 from typing import Any, Dict, Mapping, Optional
 
 import flax
 import numpy as np
 
+from vpsnet_jax.errors import ConfigError
+
 _BN_FIELDS = {"running_mean": "mean", "running_var": "var",
               "weight": "scale", "bias": "bias"}
 
 
-def _to_numpy(value) -> np.ndarray:
+def to_numpy(value) -> np.ndarray:
   if hasattr(value, "detach"):  # torch.Tensor, without importing torch
     value = value.detach().cpu().numpy()
   return np.asarray(value, np.float32)
@@ -109,7 +112,7 @@ def import_resnet(state_dict: Mapping[str, Any], variables: Mapping[str, Any],
     if mapped is None:
       continue
     module, kind, leaf = mapped
-    array = _to_numpy(value)
+    array = to_numpy(value)
     if kind == "conv":
       array = array.transpose(2, 3, 1, 0)
       candidates = [("params",) + module + (leaf,)]
@@ -129,6 +132,40 @@ def import_resnet(state_dict: Mapping[str, Any], variables: Mapping[str, Any],
   return flax.traverse_util.unflatten_dict(out)
 
 
+def read_state_dict(path: str, trust_pickle: bool = False,
+                    error: type = ConfigError) -> Dict[str, Any]:
+  """A PyTorch state dict file as {key: NumPy array}: a `.pth` / `.pth.tar`
+  (torch needed; a checkpoint dict's "state_dict" is taken, a "module."
+  prefix on every key removed) or an `.npz` of the keys. Problems raise
+  `error` (a ConfigError class) naming the file."""
+  if not os.path.isfile(path):
+    raise error(f"{path!r} is not a file")
+  if path.endswith(".npz"):
+    with np.load(path) as data:
+      return {k: data[k] for k in data.files}
+  try:
+    import torch  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    raise error(
+        f"reading {path} needs PyTorch: install the test extra "
+        "(pip install -e '.[test]') or convert the file to .npz") from e
+  try:
+    state = torch.load(path, map_location="cpu",
+                       weights_only=not trust_pickle)
+  except Exception as e:  # torch raises many types (pickle, zip, ...).
+    raise error(
+        f"cannot read {path}: {type(e).__name__}: {e} (a file you trust "
+        "may need --trust_pickle)") from e
+  if isinstance(state, Mapping) and "state_dict" in state:
+    state = state["state_dict"]
+  if not isinstance(state, Mapping):
+    raise error(f"{path} holds no state dict")
+  if state and all(k.startswith("module.") for k in state):
+    state = {k[len("module."):]: v for k, v in state.items()}
+  return {k: (v.detach().cpu().numpy() if hasattr(v, "detach")
+              else np.asarray(v)) for k, v in state.items()}
+
+
 def load_torchvision_resnet(path: str, variables: Mapping[str, Any],
                             prefix: Optional[str] = None) -> Dict[str, Any]:
   """Read a torchvision `.pth` state dict (needs torch) or `.npz` and import.
@@ -136,14 +173,7 @@ def load_torchvision_resnet(path: str, variables: Mapping[str, Any],
   If `prefix` is None, a common detector prefix ("backbone.body.") is
   stripped when every ResNet key carries it.
   """
-  if path.endswith(".npz"):
-    with np.load(path) as data:
-      state = {k: data[k] for k in data.files}
-  else:
-    import torch  # pylint: disable=g-import-not-at-top
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if "state_dict" in state:
-      state = state["state_dict"]
+  state = read_state_dict(path)
   if prefix is None:
     prefix = ""
     if state and all(k.startswith("backbone.body.") for k in state
@@ -180,9 +210,9 @@ def import_fpn(state_dict: Mapping[str, Any], num_levels: int = 4,
       for sub in subs:
         key = prefix + sub.format(i=i)
         if key + "weight" in state_dict:
-          weight = _to_numpy(state_dict[key + "weight"]).transpose(2, 3, 1, 0)
+          weight = to_numpy(state_dict[key + "weight"]).transpose(2, 3, 1, 0)
           params[f"{ours}_{i}"] = {
-              "kernel": weight, "bias": _to_numpy(state_dict[key + "bias"])}
+              "kernel": weight, "bias": to_numpy(state_dict[key + "bias"])}
           break
       else:
         raise KeyError(f"no weights for {prefix}{subs[0].format(i=i)}")
