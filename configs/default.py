@@ -50,10 +50,17 @@ def get_config() -> ml_collections.ConfigDict:
   # is used (the release redraws without bound; 0: no redraw).
   config.input.crop_retries = 10
   # Initial optical flow (target -> reference) for the variants that fuse
-  # and for the `iou_match` tracker: `dis` (OpenCV DIS, standing in for the
-  # paper's FlowNet2) or `ground_truth` (vps_synthetic only: its exact
-  # motion).
+  # and for the `iou_match` tracker: `dis` (OpenCV DIS on the host,
+  # standing in for FlowNet2), `flownet2` (the release's FlowNet2 on the
+  # device, in the model's compiled step; needs input.flownet2_checkpoint)
+  # or `ground_truth` (vps_synthetic only: its exact motion).
   config.input.flow = "dis"
+  # FlowNet2's weights for input.flow='flownet2': FlowNet2_checkpoint.pth.tar
+  # (NVIDIA flownet2-pytorch), an .npz of its state dict (release_import's
+  # WORKDIR/flownet2_state.npz) or a folder written by
+  # `python -m vpsnet_jax.checkpoints.flownet2_import`. Read when training
+  # starts (step 0); afterwards the checkpoints carry them.
+  config.input.flownet2_checkpoint = ""
   # Validation batches per evaluation (0: the whole validation split).
   config.input.num_eval_batches = 0
 

@@ -19,6 +19,7 @@ validate`); this module validates the shared ones.
 """
 
 import difflib
+import os
 from typing import Iterable, List, Optional, Sequence
 
 from clu import metric_writers
@@ -26,11 +27,13 @@ import jax
 import ml_collections
 
 from data_pipeline import sources
+from data_pipeline import transforms
 from vpsnet_jax.errors import ConfigError
+from vpsnet_jax.modeling import flownet2 as flownet2_lib
 from vpsnet_jax.modeling import vpsnet
 
 # Initial optical flow of the variants that fuse (config.input.flow).
-FLOWS = ("dis", "ground_truth")
+FLOWS = ("dis", "ground_truth", "flownet2")
 # config.model.conv: the convolution implementation (`ops.conv`).
 CONV_IMPLS = ("auto", "xla", "cpu")
 
@@ -102,6 +105,19 @@ def variant_uses_flow(config) -> bool:
   return vpsnet.VARIANTS[config.variant].fuse
 
 
+def tracker_reads_flow(config) -> bool:
+  """Whether the tracker warps masks with the flow (IoU-Match, the track
+  head's mask-IoU cue)."""
+  return config.tracker == "iou_match" or (
+      config.tracker == "track_head" and config.tracking.mask_iou_weight != 0)
+
+
+def reads_flow(config) -> bool:
+  """Whether the initial flow is needed: the variant fuses, or the tracker
+  reads it."""
+  return variant_uses_flow(config) or tracker_reads_flow(config)
+
+
 def variant_tracks(config) -> bool:
   """Whether the model of config.variant has the track head."""
   return vpsnet.VARIANTS[config.variant].track
@@ -130,8 +146,29 @@ def validate_config(config, fields: Optional[ml_collections.ConfigDict] = None,
     raise ConfigError("config.input.flow='ground_truth' needs the exact "
                       "motion of vps_synthetic; use 'dis' for "
                       f"{config.dataset.name}")
+  if config.input.flow == "flownet2" and config.input.flownet2_checkpoint:
+    check_flownet2_checkpoint(config)
   if check_devices:
     per_device_batch_size(config, device_count)
+
+
+def check_flownet2_checkpoint(config) -> None:
+  """ConfigError unless config.input.flownet2_checkpoint names weights
+  (training needs them at step 0; inference reads them from the model's
+  checkpoint, and checks a given path all the same)."""
+  path = config.input.flownet2_checkpoint
+  if not path:
+    raise ConfigError("config.input.flow='flownet2' needs FlowNet2's weights "
+                      "in config.input.flownet2_checkpoint: "
+                      f"{flownet2_lib.WEIGHTS_HELP}")
+  if not os.path.exists(path):
+    raise ConfigError(f"config.input.flownet2_checkpoint={path!r} does not "
+                      f"exist. {flownet2_lib.WEIGHTS_HELP}")
+
+
+def flow_on_device(config) -> bool:
+  """Whether the model computes the initial flow itself (FlowNet2)."""
+  return config.input.flow == "flownet2"
 
 
 def global_batch_size(config, device_count: Optional[int] = None) -> int:
@@ -186,6 +223,9 @@ def model_config(config, meta, backend: Optional[str] = None
       panoptic_score_threshold=m.panoptic_score_threshold,
       panoptic_nms=m.panoptic_nms,
       mask_overlap_threshold=m.mask_overlap_threshold,
+      flownet2=flow_on_device(config) and reads_flow(config),
+      pixel_mean=tuple(float(v) for v in transforms.MEAN),
+      pixel_std=tuple(float(v) for v in transforms.STD),
       conv_impl=conv_impl(config, backend))
 
 

@@ -171,6 +171,31 @@ def test_flownet2_split(state):
   assert not any(k.startswith(ri.FLOWNET2_PREFIX) for k in model)
 
 
+def test_flownet2_goes_to_batch_stats_when_the_model_computes_it(
+    state, city_config):
+  """input.flow='flownet2': the `flownet2.*` keys fill batch_stats/
+  flownet2 (the FlowNet2 importer's layout), nothing else changes."""
+  import dataclasses  # pylint: disable=import-outside-toplevel
+  with_flow = dataclasses.replace(city_config, flownet2=True)
+  varied = dict(state)
+  rng = np.random.default_rng(5)
+  for k in ("flownet2.flownetc.conv1.0.weight",
+            "flownet2.flownetfusion.deconv0.0.weight"):
+    varied[k] = rng.standard_normal(state[k].shape).astype(np.float32)
+  imported = ri.import_release(varied, with_flow)
+  flow = imported["batch_stats"]["flownet2"]
+  np.testing.assert_array_equal(
+      flow["flownetc"]["conv1"]["kernel"],
+      varied["flownet2.flownetc.conv1.0.weight"].transpose(2, 3, 1, 0))
+  np.testing.assert_array_equal(
+      flow["flownetfusion"]["deconv0"]["kernel"],
+      varied["flownet2.flownetfusion.deconv0.0.weight"].transpose(2, 3, 0, 1))
+  assert len(ri._flat(flow)) == 220  # pylint: disable=protected-access
+  model, _ = ri.split_flownet2(state)
+  with pytest.raises(ri.ReleaseImportError, match="no flownet2"):
+    ri.import_release(model, with_flow)
+
+
 def _expected(city_config):
   return ri.release_shapes(city_config)
 
@@ -429,7 +454,7 @@ def test_cli_writes_a_checkpoint_evaluate_and_init_from_read(
 
   caplog.set_level("INFO")
   expected = ri.import_release(state, model_config)
-  assert "1 flownet2 keys left" in caplog.text
+  assert "1 flownet2 keys set aside" in caplog.text
   # What --mode=evaluate / predict load (inference.run.build_model).
   restored, step = inference_run.load_variables(config, workdir, meta)
   assert step == 0

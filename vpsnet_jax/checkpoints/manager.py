@@ -162,6 +162,23 @@ def restore_model(manager: ocp.CheckpointManager, model: Dict[str, Any],
   return _numpy(variables), step
 
 
+def model_has(manager: ocp.CheckpointManager, step: int,
+              path: Tuple[str, ...]) -> bool:
+  """Whether the model item of checkpoint `step` has the subtree `path`
+  (e.g. ("batch_stats", "flownet2")), read from its metadata."""
+  folder = os.path.join(os.fspath(manager.directory), str(step), MODEL)
+  if not os.path.isdir(folder):
+    return False
+  tree = ocp.StandardCheckpointer().metadata(folder)
+  tree = getattr(tree, "item_metadata", tree)
+  for key in path:
+    try:
+      tree = tree[key]
+    except (KeyError, TypeError):
+      return False
+  return True
+
+
 def _merge(target, source, path=""):
   """`target` with every leaf that `source` has at the same path and shape
   replaced by source's; returns (tree, number of leaves copied)."""

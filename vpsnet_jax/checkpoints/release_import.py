@@ -6,7 +6,9 @@
 writes DIR/checkpoints/0 (the orbax "model" item: what `main.py
 --mode=evaluate|predict --workdir DIR` and `config.init_from=DIR/
 checkpoints/0` read) and DIR/flownet2_state.npz (the release's frozen
-FlowNet2, keys without the "flownet2." prefix, left for its own importer).
+FlowNet2, keys without the "flownet2." prefix: what
+`config.input.flownet2_checkpoint` takes). With `--config.input.flow=
+flownet2` the model's checkpoint holds FlowNet2's weights too.
 
 Release key -> our variables (`release_table`; kernels OIHW -> HWIO, Linear
 weights transposed):
@@ -42,7 +44,9 @@ weights transposed):
   mask_head.conv_logits               mask_head/logits
   track_head.fcs.0 / fcs.1            track_head/fc1 (input reordered as
                                       the box head's) / fc2
-  flownet2.*                          not imported (`split_flownet2`)
+  flownet2.*                          batch_stats/flownet2 with
+                                      config.input.flow='flownet2'
+                                      (`flownet2_import`), else set aside
 
 Which parts exist follows the variant (`VPSNetConfig.spec`): fuse ->
 extra_neck.refine, align -> extra_neck.liteflownet, attend ->
@@ -60,11 +64,13 @@ import flax
 import jax
 import numpy as np
 
+from vpsnet_jax.checkpoints import flownet2_import
 from vpsnet_jax.checkpoints import manager as ckpt
 from vpsnet_jax.checkpoints import maskrcnn_import
 from vpsnet_jax.checkpoints import torchvision_import
 
-FLOWNET2_PREFIX = "flownet2."
+FLOWNET2_PREFIX = flownet2_import.FLOWNET2_PREFIX
+split_flownet2 = flownet2_import.split_flownet2
 FLOWNET2_FILE = "flownet2_state.npz"
 # Enough to trace every parameter; the shapes do not depend on it.
 _INIT_IMAGE = (1, 64, 64, 3)
@@ -115,7 +121,7 @@ def _kernel_params(sd, key):
 
 
 def _np(x) -> np.ndarray:
-  return torchvision_import._to_numpy(x)  # pylint: disable=protected-access
+  return torchvision_import.to_numpy(x)
 
 
 _CONVERTERS = {"norm": _norm_params, "kernel": _kernel_params}
@@ -217,18 +223,6 @@ def release_shapes(model_config, shapes=None, buffers: bool = False
   return out
 
 
-def split_flownet2(state_dict: Mapping[str, Any]
-                   ) -> Tuple[Dict[str, Any], Dict[str, Any]]:
-  """(the model's keys, the FlowNet2 keys without "flownet2.")."""
-  model, flownet2 = {}, {}
-  for key, value in state_dict.items():
-    if key.startswith(FLOWNET2_PREFIX):
-      flownet2[key[len(FLOWNET2_PREFIX):]] = value
-    else:
-      model[key] = value
-  return model, flownet2
-
-
 def _ignored(key: str) -> bool:
   return key.endswith(".num_batches_tracked")
 
@@ -277,7 +271,9 @@ def import_release(state_dict: Mapping[str, Any], model_config
 
   Args:
     state_dict: release key -> NumPy array or torch tensor (the `state_dict`
-      of an mmcv checkpoint); `flownet2.*` keys are set aside (logged).
+      of an mmcv checkpoint); `flownet2.*` keys go to batch_stats/flownet2
+      when the model computes FlowNet2's flow (model_config.flownet2), and
+      are set aside (logged) otherwise.
     model_config: a `VPSNetConfig`; its variant says which parts exist.
 
   Raises:
@@ -303,6 +299,14 @@ def import_release(state_dict: Mapping[str, Any], model_config
     convert = _CONVERTERS.get(kind) or _KINDS[kind][1]
     for leaf, value in convert(state_dict, prefix).items():
       out[("params",) + module + (leaf,)] = value
+  if model_config.flownet2:  # input.flow='flownet2': FlowNet2 in the model.
+    if not flownet2:
+      raise ReleaseImportError(
+          "The model computes FlowNet2's flow (config.input.flow="
+          "'flownet2') but the state dict has no flownet2.* keys")
+    weights = flownet2_import.import_flownet2(flownet2)["params"]
+    out.update({("batch_stats", "flownet2") + k: v
+                for k, v in _flat(weights).items()})
   unfilled = sorted("/".join(k) for k in target if k not in out)
   unknown = sorted("/".join(k) for k in out if k not in target)
   if unfilled or unknown:
@@ -315,8 +319,9 @@ def import_release(state_dict: Mapping[str, Any], model_config
       raise ReleaseImportError(f"{'/'.join(k)}: imported {v.shape}, the "
                                f"model has {target[k].shape}")
   logging.info("Imported %d release arrays into %d variables; %d flownet2 "
-               "keys left for the FlowNet2 importer (issue 15)",
-               len(state_dict), len(out), len(flownet2))
+               "keys %s", len(state_dict), len(out), len(flownet2),
+               "imported into batch_stats/flownet2" if model_config.flownet2
+               else "set aside (config.input.flow is not 'flownet2')")
   return flax.traverse_util.unflatten_dict(
       {k: np.asarray(v, target[k].dtype) for k, v in out.items()})
 
@@ -326,33 +331,10 @@ def import_release(state_dict: Mapping[str, Any], model_config
 
 def read_state_dict(path: str, trust_pickle: bool = False) -> Dict[str, Any]:
   """A release checkpoint as {key: NumPy array}: a `.pth` (torch needed;
-  an mmcv checkpoint's "state_dict" is taken) or an `.npz` of the keys."""
-  if not os.path.isfile(path):
-    raise ReleaseImportError(f"--checkpoint {path!r} is not a file")
-  if path.endswith(".npz"):
-    with np.load(path) as data:
-      return {k: data[k] for k in data.files}
-  try:
-    import torch  # pylint: disable=g-import-not-at-top
-  except ImportError as e:
-    raise ReleaseImportError(
-        f"reading {path} needs PyTorch: install the test extra "
-        "(pip install -e '.[test]') or convert the file to .npz") from e
-  try:
-    state = torch.load(path, map_location="cpu",
-                       weights_only=not trust_pickle)
-  except Exception as e:  # torch raises many types (pickle, zip, ...).
-    raise ReleaseImportError(
-        f"cannot read {path}: {type(e).__name__}: {e} (a file you trust "
-        "may need --trust_pickle)") from e
-  if isinstance(state, Mapping) and "state_dict" in state:
-    state = state["state_dict"]
-  if not isinstance(state, Mapping):
-    raise ReleaseImportError(f"{path} holds no state dict")
-  if state and all(k.startswith("module.") for k in state):
-    state = {k[len("module."):]: v for k, v in state.items()}
-  return {k: (v.detach().cpu().numpy() if hasattr(v, "detach")
-              else np.asarray(v)) for k, v in state.items()}
+  an mmcv checkpoint's "state_dict" is taken) or an `.npz` of the keys
+  (`torchvision_import.read_state_dict`, errors as ReleaseImportError)."""
+  return torchvision_import.read_state_dict(path, trust_pickle,
+                                            error=ReleaseImportError)
 
 
 def save_model(workdir: str, variables: Mapping[str, Any], step: int = 0
@@ -382,7 +364,7 @@ def run(config, checkpoint: str, workdir: str, trust_pickle: bool = False
   from vpsnet_jax import experiment  # pylint: disable=g-import-not-at-top
   model_config = experiment.model_config(config, sources.meta(config))
   state = read_state_dict(checkpoint, trust_pickle)
-  # The whole state: import_release sets flownet2.* aside and logs how many.
+  # The whole state: import_release takes or sets aside flownet2.* (logged).
   variables = import_release(state, model_config)
   _, flownet2 = split_flownet2(state)
   os.makedirs(workdir, exist_ok=True)

@@ -47,8 +47,10 @@ class FrameModel:
   `step(images, image_size, flow, has_reference)` takes arrays [G, ...]
   (G = number of devices = streams): images (G, H, W, 3), image_size
   (G, 2), flow (G, H/4, W/4, 2), has_reference (G,); it returns the
-  `HOST_KEYS` outputs of `VPSNet.infer` as NumPy [G, ...], after carrying
-  each stream's gathered feature to its next step on the device.
+  `HOST_KEYS` outputs of `VPSNet.infer` as NumPy [G, ...] (and its "flow"
+  when the model computes it: FlowNet2), after carrying each stream's
+  gathered feature and image to its next step on the device (the
+  reference of the fusion and of FlowNet2; `flow` is then ignored).
   """
 
   def __init__(self, model: vpsnet.VPSNet, variables, devices=None):
@@ -58,10 +60,10 @@ class FrameModel:
     self.compiles = 0
 
     def frame_fn(variables, images, image_size, ref_gathered, flow,
-                 has_reference):
+                 has_reference, ref_images):
       self.compiles += 1  # Runs once per trace.
       out = model.apply(variables, images, image_size, ref_gathered, flow,
-                        has_reference, method=model.infer)
+                        has_reference, ref_images, method=model.infer)
       out["panoptic"] = out["panoptic"].astype(jnp.int32)
       out["semantic"] = out["semantic"].astype(jnp.uint8)
       return out
@@ -72,9 +74,10 @@ class FrameModel:
       self.variables = jax.device_put(variables, self.devices[0])
     else:
       def per_device(variables, images, image_size, ref_gathered, flow,
-                     has_reference):
+                     has_reference, ref_images):
         out = frame_fn(variables, images[None], image_size[None],
-                       ref_gathered[None], flow[None], has_reference[None])
+                       ref_gathered[None], flow[None], has_reference[None],
+                       ref_images[None])
         return jax.tree_util.tree_map(lambda x: x[0], out)
       self._fn = jax.pmap(per_device, devices=self.devices)
       # Inputs take the sharding of pmap's own outputs, so that the carried
@@ -85,6 +88,7 @@ class FrameModel:
           lambda x: self._put(np.broadcast_to(
               np.asarray(x), (self.num_streams,) + np.shape(x))), variables)
     self._gathered = None
+    self._previous = None  # The last step's images, on the devices.
 
   def _put(self, x):
     """Host [G, ...] -> the devices (split over them when G > 1)."""
@@ -104,30 +108,28 @@ class FrameModel:
           jax.ShapeDtypeStruct((1, 2), jnp.int32))["gathered"]
       self._gathered = self._put(np.zeros((self.num_streams,) + g.shape[1:],
                                           g.dtype))
-    out = self._fn(self.variables, self._put(images),
+      self._previous = None
+    images = self._put(images)
+    if self._previous is None or self._previous.shape != images.shape:
+      self._previous = images  # First frames: their own reference.
+    out = self._fn(self.variables, images,
                    self._put(np.asarray(image_size, np.int32)),
                    self._gathered, self._put(np.asarray(flow, np.float32)),
-                   self._put(np.asarray(has_reference, bool)))
+                   self._put(np.asarray(has_reference, bool)),
+                   self._previous)
     self._gathered = out["gathered"]
+    self._previous = images
     return out
 
   @staticmethod
-  def fetch(out) -> Dict[str, np.ndarray]:
-    """Waits for a dispatched step; its host outputs as NumPy [G, ...]."""
-    return jax.device_get({k: out[k] for k in HOST_KEYS})
+  def fetch(out, flow: bool = False) -> Dict[str, np.ndarray]:
+    """Waits for a dispatched step; its host outputs as NumPy [G, ...]
+    (with `flow`, the model's flow too: a host tracker reads it)."""
+    keys = HOST_KEYS + (("flow",) if flow and "flow" in out else ())
+    return jax.device_get({k: out[k] for k in keys})
 
   def step(self, images, image_size, flow, has_reference):
     return self.fetch(self.dispatch(images, image_size, flow, has_reference))
-
-
-def reads_flow(config) -> bool:
-  """Whether inference reads the initial flow: the variant fuses
-  (`experiment.variant_uses_flow`), or the tracker uses it (IoU-Match, the
-  mask-IoU cue)."""
-  return (experiment.variant_uses_flow(config) or
-          config.tracker == "iou_match" or
-          (config.tracker == "track_head" and
-           config.tracking.mask_iou_weight != 0))
 
 
 class FrameResult:
@@ -177,13 +179,19 @@ def predict_videos(config, model: FrameModel, source,
   cfg = model.model.cfg
   if write_all is None:
     write_all = config.inference.write_all_frames
-  flow_mode = config.input.flow if reads_flow(config) else "none"
+  # The pipeline's flow, unless the model computes it (FlowNet2).
+  flow_mode = config.input.flow if experiment.reads_flow(config) and not (
+      experiment.flow_on_device(config)) else "none"
   # Whoever runs inference reads every video (multi-process training
   # evaluates on process 0 alone: VPQ needs every video's predictions).
   dataset = pipeline.eval_dataset(
       source, index, flow=flow_mode, size_divisor=config.input.size_divisor,
       num_streams=model.num_streams, process_index=0, process_count=1)
   streams = model.num_streams
+  # The tracker's flow comes back from the device only when the model made
+  # it and the tracker reads it.
+  tracker_flow = (experiment.flow_on_device(config) and
+                  experiment.tracker_reads_flow(config))
   trackers = [tracker_lib.create(config, cfg.offset) for _ in range(streams)]
   current = [None] * streams
   categories = [c.id for c in meta.categories]
@@ -196,7 +204,7 @@ def predict_videos(config, model: FrameModel, source,
 
   def finish(batch, out):
     t0 = time.perf_counter()
-    host = FrameModel.fetch(out)
+    host = FrameModel.fetch(out, flow=tracker_flow)
     times["model"] += time.perf_counter() - t0
     for g in range(streams):
       if not batch["valid"][g]:
@@ -207,6 +215,7 @@ def predict_videos(config, model: FrameModel, source,
         current[g] = video
       h, w = (int(v) for v in batch["orig_size"][g])
       n = int(np.sum(host["valid"][g]))
+      flows = host.get("flow", batch.get("flow"))
       t0 = time.perf_counter()
       resolved = panoptic.resolve(
           host["panoptic"][g][:h, :w], host["semantic"][g][:h, :w],
@@ -216,7 +225,7 @@ def predict_videos(config, model: FrameModel, source,
           host["boxes"][g][:n], host["scores"][g][:n],
           host["classes"][g][:n], host["embeddings"][g][:n],
           instance_map=resolved.instance_map,
-          flow=batch["flow"][g][:h, :w] if "flow" in batch else None)
+          flow=flows[g][:h, :w] if flows is not None else None)
       ids = np.zeros(len(host["scores"][g]), np.int64)
       ids[:n] = trackers[g].assign(dets)
       t2 = time.perf_counter()

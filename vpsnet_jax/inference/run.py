@@ -20,12 +20,14 @@ import numpy as np
 from data_pipeline import sources
 from data_pipeline import transforms
 from vpsnet_jax import experiment
+from vpsnet_jax.checkpoints import flownet2_import
 from vpsnet_jax.checkpoints import manager as ckpt
 from vpsnet_jax.errors import ConfigError
 from vpsnet_jax.inference import online
 from vpsnet_jax.inference import panoptic
 from vpsnet_jax.inference import tracker as tracker_lib
 from vpsnet_jax.inference import writers
+from vpsnet_jax.modeling import flownet2 as flownet2_lib
 from vpsnet_jax.modeling import vpsnet
 
 
@@ -57,7 +59,23 @@ def load_variables(config, workdir: str, meta) -> Tuple[Dict[str, Any], int]:
                           jax.random.PRNGKey(config.seed), image)
   manager = ckpt.checkpoint_manager(workdir)
   try:
-    return ckpt.restore_model(manager, shapes)
+    step = manager.latest_step()
+    if not (model.cfg.flownet2 and step is not None and not ckpt.model_has(
+        manager, step, ("batch_stats", "flownet2"))):
+      return ckpt.restore_model(manager, shapes)
+    # A checkpoint without FlowNet2's weights (trained with another flow):
+    # they come from config.input.flownet2_checkpoint.
+    path = config.input.flownet2_checkpoint
+    if not path:
+      raise ConfigError(
+          f"The checkpoint of step {step} in {workdir} holds no FlowNet2 "
+          "weights (it was trained with another config.input.flow): give "
+          f"config.input.flownet2_checkpoint. {flownet2_lib.WEIGHTS_HELP}")
+    shapes["batch_stats"] = {k: v for k, v in shapes["batch_stats"].items()
+                             if k != "flownet2"}
+    variables, step = ckpt.restore_model(manager, shapes, step)
+    logging.info("FlowNet2's weights from %s", path)
+    return flownet2_import.fill_variables(variables, path), step
   finally:
     manager.close()
 
@@ -172,7 +190,7 @@ def predict(config, workdir: str, variables=None, progress: bool = True
   if not config.predict.frames_dir:
     raise ConfigError("--mode=predict needs --config.predict.frames_dir=DIR "
                      "(a folder of ordered frames)")
-  if config.input.flow == "ground_truth" and online.reads_flow(config):
+  if config.input.flow == "ground_truth" and experiment.reads_flow(config):
     raise ConfigError("config.input.flow='ground_truth' exists only for "
                      "vps_synthetic's own frames; use "
                      "--config.input.flow=dis for a folder of frames")

@@ -31,11 +31,13 @@ the Fuse module).
 
 Methods (one `flax.linen` module, parameters shared):
   losses(batch, key)  training: dict of loss terms, aux (targets, metrics)
-  infer(images, image_size, ref_gathered, flow, has_reference)
+  infer(images, image_size, ref_gathered, flow, has_reference, ref_images)
                       online inference of one frame per image: panoptic
                       detections, track embeddings, the panoptic map, and
                       this frame's gathered feature (the next frame's
-                      reference, so the backbone runs once per frame).
+                      reference, so the backbone runs once per frame);
+                      with cfg.flownet2 the flow is FlowNet2's from the
+                      images to ref_images, computed here.
 
 Training batch (per device; N images padded to H x W, both multiples of
 32; G instances padded; the reference's keys are read only by variants that
@@ -69,12 +71,14 @@ import jax
 import jax.numpy as jnp
 
 from vpsnet_jax.modeling import detector
+from vpsnet_jax.modeling import flownet2 as flownet2_lib
 from vpsnet_jax.modeling import fuse as fuse_lib
 from vpsnet_jax.modeling import neck as neck_lib
 from vpsnet_jax.modeling import panoptic_head
 from vpsnet_jax.modeling import roi_heads
 from vpsnet_jax.modeling import semantic_head as semantic_lib
 from vpsnet_jax.modeling import track_head as track_lib
+from vpsnet_jax.ops.resize import quarter_flow
 
 
 class Variant(NamedTuple):
@@ -135,6 +139,13 @@ class VPSNetConfig(detector.DetectorConfig):
   # Mask removal: drop a mask more than this fraction covered by
   # higher-scoring masks of its class.
   mask_overlap_threshold: float = 0.3
+  # The initial flow from FlowNet2 on the device (config.input.flow=
+  # 'flownet2', the release's) instead of batch["flow"]: its frozen weights
+  # are batch_stats["flownet2"] (zeros until loaded: `flownet2_import`),
+  # the images are de-normalised with pixel_mean / pixel_std (RGB).
+  flownet2: bool = False
+  pixel_mean: Tuple[float, ...] = (0.0, 0.0, 0.0)
+  pixel_std: Tuple[float, ...] = (1.0, 1.0, 1.0)
 
   def __post_init__(self):
     super().__post_init__()
@@ -183,6 +194,43 @@ class VPSNet(detector.MaskRCNN):
         dtype=dt, conv=conv)
     if cfg.spec.track:
       self.track_head = track_lib.TrackHead(cfg.track_dim, dtype=dt)
+    if cfg.flownet2:
+      # A variable of batch_stats (frozen, no gradient, no optimizer
+      # state), saved with the model like the release's `flownet2.*` keys.
+      self.flownet2_weights = self.variable(
+          "batch_stats", "flownet2", lambda: jax.tree_util.tree_map(
+              lambda s: jnp.zeros(s.shape, s.dtype),
+              flownet2_lib.abstract_variables()["params"]))
+
+  def initial_flow(self, images: jnp.ndarray, ref_images: jnp.ndarray,
+                   has_reference: jnp.ndarray) -> Tuple[jnp.ndarray,
+                                                        jnp.ndarray]:
+    """FlowNet2's flow target -> reference, as the release's `compute_flow`:
+    the normalised images back to RGB, zero-padded at the bottom and right
+    to multiples of 64, the flow cropped back, and its 1/4-scale bilinear
+    downscale (`ops.resize.quarter_flow`). No gradient.
+
+    Args:
+      images, ref_images: (N, H, W, 3) normalised, H and W multiples of 4.
+      has_reference: (N,) bool; where False the flow is zero (the target is
+        its own reference, as with the pipeline's flow).
+
+    Returns:
+      (flow (N, H, W, 2), flow_quarter (N, H/4, W/4, 2)) in pixels of
+      their scale.
+    """
+    if not self.cfg.flownet2:
+      raise ValueError("initial_flow needs VPSNetConfig.flownet2=True")
+    mean = jnp.asarray(self.cfg.pixel_mean, jnp.float32)
+    std = jnp.asarray(self.cfg.pixel_std, jnp.float32)
+    flow = flownet2_lib.flow_between(
+        jax.lax.stop_gradient(self.flownet2_weights.value),
+        images.astype(jnp.float32) * std + mean,
+        ref_images.astype(jnp.float32) * std + mean,
+        conv_impl=self.cfg.conv_impl)
+    flow = jnp.where(has_reference[:, None, None, None], flow, 0.0)
+    flow = jax.lax.stop_gradient(flow)
+    return flow, quarter_flow(flow)
 
   def __call__(self, images):
     """Initialises every parameter of the variant; returns the fused FPN."""
@@ -272,9 +320,13 @@ class VPSNet(detector.MaskRCNN):
       ref_feats = tuple(f[n:] for f in both)
     else:
       feats, ref_feats = self.features(images), None
+    flow = batch.get("flow")
+    if cfg.flownet2 and spec.fuse:
+      _, flow = self.initial_flow(images, batch["ref_images"],
+                                  batch["has_reference"])
     fused, _ = self.neck_features(
         feats, neck_lib.gather(ref_feats) if spec.fuse else None,
-        batch.get("flow"), batch.get("has_reference"))
+        flow, batch.get("has_reference"))
     out, aux = super().losses(batch, key, feats=fused)
 
     # Semantic head: the release's loss on the x4 upsampled logits against
@@ -332,7 +384,8 @@ class VPSNet(detector.MaskRCNN):
   def infer(self, images: jnp.ndarray, image_size: jnp.ndarray,
             ref_gathered: Optional[jnp.ndarray] = None,
             flow: Optional[jnp.ndarray] = None,
-            has_reference: Optional[jnp.ndarray] = None
+            has_reference: Optional[jnp.ndarray] = None,
+            ref_images: Optional[jnp.ndarray] = None
             ) -> Dict[str, jnp.ndarray]:
     """One frame per image with its reference (online inference).
 
@@ -341,8 +394,11 @@ class VPSNet(detector.MaskRCNN):
       image_size: (N, 2) int32 unpadded sizes.
       ref_gathered: (N, H/4, W/4, C) the previous frame's `gathered` output
         (fusing variants; any value where has_reference is False).
-      flow: (N, H/4, W/4, 2) initial flow frame -> previous frame at 1/4.
+      flow: (N, H/4, W/4, 2) initial flow frame -> previous frame at 1/4
+        (ignored with cfg.flownet2).
       has_reference: (N,) bool, False on the first frame of a video.
+      ref_images: (N, H, W, 3) the previous frames (cfg.flownet2: the flow
+        is FlowNet2's from `images` to them).
 
     Returns (D = cfg.max_detections, panoptic detections in decreasing
     class probability):
@@ -353,10 +409,18 @@ class VPSNet(detector.MaskRCNN):
         variants; (N, D, 0) otherwise);
       panoptic (N, H, W) int32: stuff channel s < S or S + detection index;
       semantic (N, H, W) int32 semantic argmax;
-      gathered (N, H/4, W/4, C): this frame's gathered feature.
+      gathered (N, H/4, W/4, C): this frame's gathered feature;
+      flow (N, H, W, 2) FlowNet2's flow at image resolution (cfg.flownet2).
     """
     cfg = self.cfg
     n, height, width = images.shape[:3]
+    flow_full = None
+    if cfg.flownet2:
+      if has_reference is None:
+        has_reference = jnp.zeros((n,), bool)
+      flow_full, flow = self.initial_flow(
+          images, images if ref_images is None else ref_images,
+          has_reference)
     feats = self.features(images)
     if cfg.spec.fuse:
       if has_reference is None:
@@ -396,9 +460,12 @@ class VPSNet(detector.MaskRCNN):
             cfg.mask_overlap_threshold))(
                 sem_full[:, :height, :width], mask_logits, dets.boxes,
                 dets.classes, dets.valid)
-    return {"boxes": dets.boxes, "scores": dets.scores,
-            "classes": dets.classes, "valid": dets.valid, "keep": keep,
-            "embeddings": embeddings, "panoptic": panoptic,
-            "semantic": jnp.argmax(sem_full[:, :height, :width],
-                                   axis=-1).astype(jnp.int32),
-            "gathered": gathered}
+    out = {"boxes": dets.boxes, "scores": dets.scores,
+           "classes": dets.classes, "valid": dets.valid, "keep": keep,
+           "embeddings": embeddings, "panoptic": panoptic,
+           "semantic": jnp.argmax(sem_full[:, :height, :width],
+                                  axis=-1).astype(jnp.int32),
+           "gathered": gathered}
+    if flow_full is not None:
+      out["flow"] = flow_full
+    return out

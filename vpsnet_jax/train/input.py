@@ -19,8 +19,9 @@ from vpsnet_jax import experiment
 def train_config(config, per_device_batch: int,
                  evaluation: bool = False) -> pipeline.TrainConfig:
   """The pipeline settings of config.variant: the flow only for variants
-  that fuse, annotated references only for variants that track (the track
-  head learns from the reference's boxes); evaluation: no scale / flip."""
+  that fuse (and not FlowNet2's, which the model computes), annotated
+  references only for variants that track (the track head learns from the
+  reference's boxes); evaluation: no scale / flip."""
   i = config.input
   return pipeline.TrainConfig(
       crop_size=tuple(i.crop_size),
@@ -29,7 +30,8 @@ def train_config(config, per_device_batch: int,
       ref_offsets=tuple(i.ref_offsets),
       ref_requires_annotation=experiment.variant_tracks(config),
       max_instances=i.max_instances,
-      flow=i.flow if experiment.variant_uses_flow(config) else "none",
+      flow=i.flow if experiment.variant_uses_flow(config) and not (
+          experiment.flow_on_device(config)) else "none",
       size_divisor=i.size_divisor, crop_retries=i.crop_retries,
       per_device_batch=per_device_batch,
       seed=config.seed)

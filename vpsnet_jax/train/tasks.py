@@ -14,6 +14,9 @@ A `Task` bundles the model side of training:
       over devices and batches, counts summed over them), for validation
   summarize (optional) counts -> {name: scalar} (e.g. mIoU from a summed
       confusion matrix)
+  prepare (optional) host variables -> host variables, once at step 0
+      after init (and config.init_from): fills the frozen variables that
+      come from files (FlowNet2's weights, batch_stats["flownet2"])
 
 `create_task(config, meta)` builds VPSNet (`vpsnet_jax.modeling.vpsnet`) of
 `config.variant` for the dataset `meta`.
@@ -43,6 +46,7 @@ class Task:
                                         Dict[str, jnp.ndarray]]]] = None
   summarize: Optional[Callable[[Dict[str, np.ndarray]],
                                Dict[str, float]]] = None
+  prepare: Optional[Callable[[Dict[str, Any]], Dict[str, Any]]] = None
 
 
 def thing_table(meta) -> np.ndarray:
@@ -144,8 +148,16 @@ def vpsnet_task(config, meta) -> Task:
                                                    cfg.frozen_stages)
     return mask
 
+  prepare = None
+  if cfg.flownet2:
+    def prepare(variables):
+      from vpsnet_jax.checkpoints import flownet2_import  # pylint: disable=g-import-not-at-top
+      return flownet2_import.fill_variables(
+          variables, config.input.flownet2_checkpoint)
+
   return Task(init=init, loss_fn=loss_fn, trainable=trainable,
-              eval_fn=eval_fn, summarize=summarize)
+              eval_fn=eval_fn, summarize=summarize, prepare=prepare)
+
 
 
 def create_task(config, meta) -> Task:

@@ -45,6 +45,8 @@ def validate(config, fields=None, device_count: Optional[int] = None,
              check_devices: bool = True) -> None:
   """`experiment.validate_config` plus the training fields (ConfigError)."""
   experiment.validate_config(config, fields, device_count, check_devices)
+  if experiment.flow_on_device(config) and experiment.reads_flow(config):
+    experiment.check_flownet2_checkpoint(config)
   experiment.check_choice("parallel", config.parallel, parallel.PARALLEL)
   experiment.check_choice("optimizer", config.optimizer, optim.OPTIMIZERS)
 
@@ -141,6 +143,8 @@ def _initial_state(config, task, tx, manager, init_key, global_batch):
   variables = jax.jit(task.init)(init_key)
   if config.init_from:
     variables = ckpt.init_from(config.init_from, variables)
+  if task.prepare is not None:
+    variables = task.prepare(jax.device_get(variables))
   return step_lib.create_train_state(init_key, task, tx, variables)
 
 
