@@ -46,6 +46,8 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from vpsnet_jax.errors import USAGE_EXIT_CODE  # A leaf module: imports nothing.
+
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
     "config", None, "Experiment configuration file.", lock_config=True)
@@ -60,8 +62,6 @@ flags.DEFINE_integer("num_processes", None, "Number of processes.")
 flags.DEFINE_integer("process_id", None, "This process's id, 0..N-1.")
 flags.mark_flags_as_required(["config", "workdir"])
 
-# Exit status of a configuration or input error (as for bad flags).
-USAGE_EXIT_CODE = 2
 
 
 def init_distributed() -> None:

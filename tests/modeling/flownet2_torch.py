@@ -174,6 +174,20 @@ class _Decoder(nn.Module):
       setattr(self, f"upsampled_flow{a}_to_{a - 1}",
               nn.ConvTranspose2d(2, 2, 4, 2, 1, bias=up_bias))
 
+  def add_deep_levels(self):
+    """conv4 .. conv6_1 of FlowNetC, FlowNetS and FlowNetSD."""
+    self.conv4 = conv(256, 512, stride=2)
+    self.conv4_1 = conv(512, 512)
+    self.conv5 = conv(512, 512, stride=2)
+    self.conv5_1 = conv(512, 512)
+    self.conv6 = conv(512, 1024, stride=2)
+    self.conv6_1 = conv(1024, 1024)
+
+  def deep_levels(self, c3):
+    c4 = self.conv4_1(self.conv4(c3))
+    c5 = self.conv5_1(self.conv5(c4))
+    return c4, c5, self.conv6_1(self.conv6(c5))
+
   def decode(self, conv6, skips):
     flow = self.predict_flow6(conv6)
     features = conv6
@@ -196,12 +210,7 @@ class FlowNetC(_Decoder):
     self.conv3 = conv(128, 256, 5, 2)
     self.conv_redir = conv(256, 32, 1, 1)
     self.conv3_1 = conv(473, 256)
-    self.conv4 = conv(256, 512, stride=2)
-    self.conv4_1 = conv(512, 512)
-    self.conv5 = conv(512, 512, stride=2)
-    self.conv5_1 = conv(512, 512)
-    self.conv6 = conv(512, 1024, stride=2)
-    self.conv6_1 = conv(1024, 1024)
+    self.add_deep_levels()
 
   def forward(self, x):
     c2a = self.conv2(self.conv1(x[:, :3]))
@@ -209,9 +218,7 @@ class FlowNetC(_Decoder):
     c3b = self.conv3(self.conv2(self.conv1(x[:, 3:])))
     corr = F.leaky_relu(correlation(c3a, c3b), 0.1)
     c3 = self.conv3_1(torch.cat((self.conv_redir(c3a), corr), 1))
-    c4 = self.conv4_1(self.conv4(c3))
-    c5 = self.conv5_1(self.conv5(c4))
-    c6 = self.conv6_1(self.conv6(c5))
+    c4, c5, c6 = self.deep_levels(c3)
     return self.decode(c6, (c5, c4, c3, c2a))
 
 
@@ -223,19 +230,12 @@ class FlowNetS(_Decoder):
     self.conv2 = conv(64, 128, 5, 2)
     self.conv3 = conv(128, 256, 5, 2)
     self.conv3_1 = conv(256, 256)
-    self.conv4 = conv(256, 512, stride=2)
-    self.conv4_1 = conv(512, 512)
-    self.conv5 = conv(512, 512, stride=2)
-    self.conv5_1 = conv(512, 512)
-    self.conv6 = conv(512, 1024, stride=2)
-    self.conv6_1 = conv(1024, 1024)
+    self.add_deep_levels()
 
   def forward(self, x):
     c2 = self.conv2(self.conv1(x))
     c3 = self.conv3_1(self.conv3(c2))
-    c4 = self.conv4_1(self.conv4(c3))
-    c5 = self.conv5_1(self.conv5(c4))
-    c6 = self.conv6_1(self.conv6(c5))
+    c4, c5, c6 = self.deep_levels(c3)
     return self.decode(c6, (c5, c4, c3, c2))
 
 
@@ -250,20 +250,13 @@ class FlowNetSD(_Decoder):
     self.conv2_1 = conv(128, 128)
     self.conv3 = conv(128, 256, stride=2)
     self.conv3_1 = conv(256, 256)
-    self.conv4 = conv(256, 512, stride=2)
-    self.conv4_1 = conv(512, 512)
-    self.conv5 = conv(512, 512, stride=2)
-    self.conv5_1 = conv(512, 512)
-    self.conv6 = conv(512, 1024, stride=2)
-    self.conv6_1 = conv(1024, 1024)
+    self.add_deep_levels()
 
   def forward(self, x):
     c1 = self.conv1_1(self.conv1(self.conv0(x)))
     c2 = self.conv2_1(self.conv2(c1))
     c3 = self.conv3_1(self.conv3(c2))
-    c4 = self.conv4_1(self.conv4(c3))
-    c5 = self.conv5_1(self.conv5(c4))
-    c6 = self.conv6_1(self.conv6(c5))
+    c4, c5, c6 = self.deep_levels(c3)
     return self.decode(c6, (c5, c4, c3, c2))
 
 

@@ -24,7 +24,6 @@ missing key or a shape that differs is a `Flownet2ImportError` naming them.
 """
 
 import os
-import sys
 from typing import Any, Dict, Mapping, Tuple
 
 from absl import logging
@@ -32,6 +31,7 @@ import flax
 import jax
 import numpy as np
 
+from vpsnet_jax import errors
 from vpsnet_jax.checkpoints import manager as ckpt
 from vpsnet_jax.checkpoints import torchvision_import
 from vpsnet_jax.modeling import flownet2 as flownet2_lib
@@ -140,12 +140,16 @@ def import_flownet2(state_dict: Mapping[str, Any]) -> Dict[str, Any]:
   return {"params": flax.traverse_util.unflatten_dict(params)}
 
 
+def _refuse_existing(out: str) -> None:
+  if os.path.exists(out):
+    raise Flownet2ImportError(f"--out {out} exists; give a new folder")
+
+
 def save(out: str, variables: Mapping[str, Any]) -> str:
   """Writes `variables` as an orbax folder `out` (absolute path returned)."""
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
   out = os.path.abspath(out)
-  if os.path.exists(out):
-    raise Flownet2ImportError(f"--out {out} exists; give a new folder")
+  _refuse_existing(out)
   with ocp.StandardCheckpointer() as checkpointer:
     checkpointer.save(out, dict(variables))
   return out
@@ -186,8 +190,7 @@ def _main(argv):
   if len(argv) > 1:
     raise Flownet2ImportError(f"Unexpected arguments: {argv[1:]}")
   f = flags.FLAGS
-  if os.path.exists(f.out):  # Before reading 650 MB.
-    raise Flownet2ImportError(f"--out {f.out} exists; give a new folder")
+  _refuse_existing(f.out)  # Before reading 650 MB.
   variables = import_flownet2(
       torchvision_import.read_state_dict(
           f.checkpoint, f.trust_pickle, error=Flownet2ImportError))
@@ -198,12 +201,7 @@ def _main(argv):
 
 
 def main(argv):
-  from vpsnet_jax.errors import ConfigError  # pylint: disable=g-import-not-at-top
-  try:
-    _main(argv)
-  except ConfigError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+  errors.run_command(_main, argv)
 
 
 def _define_flags():

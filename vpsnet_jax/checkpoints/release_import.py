@@ -56,7 +56,6 @@ that differs) is a `ReleaseImportError` naming the keys.
 """
 
 import os
-import sys
 from typing import Any, Dict, List, Mapping, Tuple
 
 from absl import logging
@@ -65,6 +64,7 @@ import jax
 import numpy as np
 
 from vpsnet_jax.checkpoints import flownet2_import
+from vpsnet_jax import errors
 from vpsnet_jax.checkpoints import manager as ckpt
 from vpsnet_jax.checkpoints import maskrcnn_import
 from vpsnet_jax.checkpoints import torchvision_import
@@ -392,12 +392,7 @@ def _main(argv):
 
 
 def main(argv):
-  from vpsnet_jax.errors import ConfigError  # pylint: disable=g-import-not-at-top
-  try:
-    _main(argv)
-  except ConfigError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+  errors.run_command(_main, argv)
 
 
 def _define_flags():

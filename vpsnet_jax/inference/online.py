@@ -99,6 +99,7 @@ class FrameModel:
   def dispatch(self, images, image_size, flow, has_reference):
     """Starts one step (asynchronously); returns its device outputs."""
     images = np.asarray(images, np.float32)
+    device_images = self._put(images)
     if self._gathered is None or self._gathered.shape[1:3] != (
         images.shape[1] // 4, images.shape[2] // 4):
       g = jax.eval_shape(
@@ -108,17 +109,14 @@ class FrameModel:
           jax.ShapeDtypeStruct((1, 2), jnp.int32))["gathered"]
       self._gathered = self._put(np.zeros((self.num_streams,) + g.shape[1:],
                                           g.dtype))
-      self._previous = None
-    images = self._put(images)
-    if self._previous is None or self._previous.shape != images.shape:
-      self._previous = images  # First frames: their own reference.
-    out = self._fn(self.variables, images,
+      self._previous = device_images  # First frames: their own reference.
+    out = self._fn(self.variables, device_images,
                    self._put(np.asarray(image_size, np.int32)),
                    self._gathered, self._put(np.asarray(flow, np.float32)),
                    self._put(np.asarray(has_reference, bool)),
                    self._previous)
     self._gathered = out["gathered"]
-    self._previous = images
+    self._previous = device_images
     return out
 
   @staticmethod
@@ -206,6 +204,7 @@ def predict_videos(config, model: FrameModel, source,
     t0 = time.perf_counter()
     host = FrameModel.fetch(out, flow=tracker_flow)
     times["model"] += time.perf_counter() - t0
+    flows = host.get("flow", batch.get("flow"))
     for g in range(streams):
       if not batch["valid"][g]:
         continue
@@ -215,7 +214,6 @@ def predict_videos(config, model: FrameModel, source,
         current[g] = video
       h, w = (int(v) for v in batch["orig_size"][g])
       n = int(np.sum(host["valid"][g]))
-      flows = host.get("flow", batch.get("flow"))
       t0 = time.perf_counter()
       resolved = panoptic.resolve(
           host["panoptic"][g][:h, :w], host["semantic"][g][:h, :w],

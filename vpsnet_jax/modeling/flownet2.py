@@ -137,6 +137,21 @@ class _Net(nn.Module):
     """`layer(...)(x)`."""
     return self.layer(features, name, kernel, stride, relu)(x)
 
+  def pair(self, x, features: int, level: int, first_features=None,
+           kernel: int = 3):
+    """conv{level} (stride 2, `first_features`, default `features`) then
+    conv{level}_1 (3x3, `features`), as the encoders stack them."""
+    x = self.conv(x, first_features or features, f"conv{level}", kernel=kernel,
+                  stride=2)
+    return self.conv(x, features, f"conv{level}_1")
+
+  def deep_levels(self, conv3):
+    """conv4 .. conv6_1 of FlowNetC, FlowNetS and FlowNetSD: the features
+    of levels 4, 5 and 6."""
+    conv4 = self.pair(conv3, 512, 4)
+    conv5 = self.pair(conv4, 512, 5)
+    return conv4, conv5, self.pair(conv5, 1024, 6)
+
   def deconv(self, x, features: int, name: str):
     """`submodules.deconv`: ConvTranspose2d(k 4, s 2, p 1) + LeakyReLU."""
     return _leaky(ConvTranspose(features, dtype=self.dtype, name=name)(x))
@@ -194,12 +209,7 @@ class FlowNetC(_Net):
     conv3 = self.conv(
         jnp.concatenate([redir, corr.astype(redir.dtype)], axis=-1), 256,
         "conv3_1")
-    conv4 = self.conv(self.conv(conv3, 512, "conv4", stride=2), 512,
-                      "conv4_1")
-    conv5 = self.conv(self.conv(conv4, 512, "conv5", stride=2), 512,
-                      "conv5_1")
-    conv6 = self.conv(self.conv(conv5, 1024, "conv6", stride=2), 1024,
-                      "conv6_1")
+    conv4, conv5, conv6 = self.deep_levels(conv3)
     return self.refine(conv6, [conv5, conv4, conv3, conv2a], [6, 5, 4, 3, 2],
                        [512, 256, 128, 64], flow_bias=True)
 
@@ -211,14 +221,8 @@ class FlowNetS(_Net):
   def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
     conv1 = self.conv(x, 64, "conv1", kernel=7, stride=2)
     conv2 = self.conv(conv1, 128, "conv2", kernel=5, stride=2)
-    conv3 = self.conv(self.conv(conv2, 256, "conv3", kernel=5, stride=2), 256,
-                      "conv3_1")
-    conv4 = self.conv(self.conv(conv3, 512, "conv4", stride=2), 512,
-                      "conv4_1")
-    conv5 = self.conv(self.conv(conv4, 512, "conv5", stride=2), 512,
-                      "conv5_1")
-    conv6 = self.conv(self.conv(conv5, 1024, "conv6", stride=2), 1024,
-                      "conv6_1")
+    conv3 = self.pair(conv2, 256, 3, kernel=5)
+    conv4, conv5, conv6 = self.deep_levels(conv3)
     return self.refine(conv6, [conv5, conv4, conv3, conv2], [6, 5, 4, 3, 2],
                        [512, 256, 128, 64], flow_bias=False)
 
@@ -229,18 +233,10 @@ class FlowNetSD(_Net):
   @nn.compact
   def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
     conv0 = self.conv(x, 64, "conv0")
-    conv1 = self.conv(self.conv(conv0, 64, "conv1", stride=2), 128,
-                      "conv1_1")
-    conv2 = self.conv(self.conv(conv1, 128, "conv2", stride=2), 128,
-                      "conv2_1")
-    conv3 = self.conv(self.conv(conv2, 256, "conv3", stride=2), 256,
-                      "conv3_1")
-    conv4 = self.conv(self.conv(conv3, 512, "conv4", stride=2), 512,
-                      "conv4_1")
-    conv5 = self.conv(self.conv(conv4, 512, "conv5", stride=2), 512,
-                      "conv5_1")
-    conv6 = self.conv(self.conv(conv5, 1024, "conv6", stride=2), 1024,
-                      "conv6_1")
+    conv1 = self.pair(conv0, 128, 1, first_features=64)
+    conv2 = self.pair(conv1, 128, 2)
+    conv3 = self.pair(conv2, 256, 3)
+    conv4, conv5, conv6 = self.deep_levels(conv3)
     return self.refine(conv6, [conv5, conv4, conv3, conv2], [6, 5, 4, 3, 2],
                        [512, 256, 128, 64], flow_bias=True,
                        inter_features=[512, 256, 128, 64])
@@ -252,10 +248,8 @@ class FlowNetFusion(_Net):
   @nn.compact
   def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
     conv0 = self.conv(x, 64, "conv0")
-    conv1 = self.conv(self.conv(conv0, 64, "conv1", stride=2), 128,
-                      "conv1_1")
-    conv2 = self.conv(self.conv(conv1, 128, "conv2", stride=2), 128,
-                      "conv2_1")
+    conv1 = self.pair(conv0, 128, 1, first_features=64)
+    conv2 = self.pair(conv1, 128, 2)
     return self.refine(conv2, [conv1, conv0], [2, 1, 0], [32, 16],
                        flow_bias=True, inter_features=[32, 16])
 

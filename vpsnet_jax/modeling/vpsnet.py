@@ -224,7 +224,7 @@ class VPSNet(detector.MaskRCNN):
     mean = jnp.asarray(self.cfg.pixel_mean, jnp.float32)
     std = jnp.asarray(self.cfg.pixel_std, jnp.float32)
     flow = flownet2_lib.flow_between(
-        jax.lax.stop_gradient(self.flownet2_weights.value),
+        self.flownet2_weights.value,
         images.astype(jnp.float32) * std + mean,
         ref_images.astype(jnp.float32) * std + mean,
         conv_impl=self.cfg.conv_impl)
