@@ -81,7 +81,10 @@ def measure(size: str, frames: int, workdir: str) -> dict:
     stats = online.predict_videos(c, model, source, source.index(),
                                   source.image_ids, os.path.join(tmp, "out"),
                                   meta, write_all=True, progress=False)
+  memory = jax.local_devices()[0].memory_stats() or {}
   return {"size": f"{h}x{w}", "depth": c.model.depth, "weights": weights,
+          "peak_device_mb": memory.get("peak_bytes_in_use",
+                                       float("nan") * 2**20) / 2**20,
           "frames": stats["frames"], "compile_s": compile_s,
           "fps": stats["fps"], "seconds": stats["seconds"],
           **{s: stats[s] for s in STAGES}}

@@ -42,12 +42,19 @@ def _peak_mb() -> float:
 
 
 def _config(variant: str, size: str, data_dir: str):
+  """`size`: "synthetic" (configs/synthetic.py: 128x256, ResNet-18, small
+  heads), "tiny" (tests/vps_tiny.py: 64x128, narrow heads; the CPU run of
+  benchmarks/accelerator_check.py) or "HxW" (the paper's ResNet-50 model)."""
   from configs import synthetic  # pylint: disable=g-import-not-at-top
-  c = synthetic.get_config()
-  c.variant = variant
+  if size == "tiny":
+    from tests import vps_tiny  # pylint: disable=g-import-not-at-top
+    c = vps_tiny.config(variant)
+  else:
+    c = synthetic.get_config()
+    c.variant = variant
   c.dataset.data_dir = data_dir
   c.per_device_batch_size = 1
-  if size != "synthetic":
+  if size not in ("synthetic", "tiny"):
     h, w = (int(v) for v in size.split("x"))
     c.dataset.synthetic.height, c.dataset.synthetic.width = h, w
     c.dataset.synthetic.num_train_videos = 1
@@ -59,8 +66,22 @@ def _config(variant: str, size: str, data_dir: str):
   return c
 
 
-def measure(variant: str, size: str, steps: int, data_dir: str) -> dict:
-  """One (variant, size) in this process: times of the real training path."""
+def device_memory_mb() -> dict:
+  """Peak and limit of the first local device's memory (MB; NaN where the
+  backend reports none, e.g. the CPU)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  stats = jax.local_devices()[0].memory_stats() or {}
+  get = lambda k: stats[k] / 2**20 if k in stats else float("nan")
+  return {"peak_device_mb": get("peak_bytes_in_use"),
+          "device_limit_mb": get("bytes_limit")}
+
+
+def measure(variant: str, size: str, steps: int, data_dir: str,
+            batch: int = 1, dtype: str = "float32", flops: bool = True
+            ) -> dict:
+  """One (variant, size) in this process: times of the real training path
+  (`batch` images per device, compute `dtype`; `flops`: also XLA's FLOP
+  count, one more compile)."""
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from data_pipeline import sources  # pylint: disable=g-import-not-at-top
@@ -72,6 +93,8 @@ def measure(variant: str, size: str, steps: int, data_dir: str) -> dict:
   import functools  # pylint: disable=g-import-not-at-top
 
   c = _config(variant, size, data_dir)
+  c.per_device_batch_size = batch
+  c.model.dtype = dtype
   source, index = sources.open_split(c, data_dir, "train")
   task = tasks.create_task(c, sources.meta(c))
   schedule = optim.create_learning_rate_fn(c, jax.device_count())
@@ -85,7 +108,7 @@ def measure(variant: str, size: str, steps: int, data_dir: str) -> dict:
                      True)
   state = par.put_state(host)
   batches = parallel.prefetch(
-      input_lib.train_batches(source, index, c, 1), par.put_batch)
+      input_lib.train_batches(source, index, c, batch), par.put_batch)
   t0 = time.perf_counter()
   state, metrics = step_fn(state, next(batches), key)
   jax.block_until_ready(metrics)
@@ -103,19 +126,23 @@ def measure(variant: str, size: str, steps: int, data_dir: str) -> dict:
   step = float(np.median(step_s))
   images = jax.device_count() * c.per_device_batch_size
   peak_mb = _peak_mb()  # before the extra compile below
+  memory = device_memory_mb()
   # FLOPs of loss + gradients on one device's batch (the optimizer update is
   # negligible), from XLA's cost analysis of the compiled function.
-  first = jax.tree_util.tree_map(
-      lambda x: x[0], next(input_lib.train_batches(source, index, c, 1)))
-  cost = jax.jit(jax.value_and_grad(task.loss_fn, has_aux=True)).lower(
-      host.params, host.batch_stats, first, key).compile().cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  cost = {"flops": float("nan")}
+  if flops:
+    first = jax.tree_util.tree_map(
+        lambda x: x[0], next(input_lib.train_batches(source, index, c, 1)))
+    cost = jax.jit(jax.value_and_grad(task.loss_fn, has_aux=True)).lower(
+        host.params, host.batch_stats, first, key).compile().cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   return {"variant": variant, "size": size, "depth": c.model.depth,
+          "batch": images, "dtype": dtype,
           "gflop": float(cost["flops"]) / 1e9,
           "compile_s": compile_s - step, "step_s": step,
           "images_per_s": images / step,
           "input_wait_fraction": float(np.sum(wait_s) / np.sum(step_s)),
-          "peak_mb": peak_mb,
+          "peak_mb": peak_mb, **memory,
           "loss": float(np.asarray(metrics["loss"]))}
 
 
@@ -190,7 +217,8 @@ def _child(args) -> None:
   if args.what == "torchvision":
     out = measure_torchvision(args.size, args.steps, args.data_dir)
   else:
-    out = measure(args.what, args.size, args.steps, args.data_dir)
+    out = measure(args.what, args.size, args.steps, args.data_dir,
+                  args.batch, args.dtype, flops=not args.no_flops)
   print("RESULT " + json.dumps(out))
 
 
@@ -215,6 +243,12 @@ def main():
                       help="internal: measure one configuration")
   parser.add_argument("--size", default="synthetic")
   parser.add_argument("--data_dir", default="")
+  parser.add_argument("--batch", type=int, default=1,
+                      help="internal: images per device")
+  parser.add_argument("--dtype", default="float32",
+                      help="internal: compute dtype")
+  parser.add_argument("--no_flops", action="store_true",
+                      help="internal: skip the FLOP count's compile")
   args = parser.parse_args()
   if args.what:
     _child(args)

@@ -86,6 +86,11 @@ def get_config() -> ml_collections.ConfigDict:
   # the CPU, else 'xla' (resolved once, when the model is built). Same
   # parameters and, to float rounding, the same outputs.
   config.model.conv = "auto"
+  # Activation rematerialisation (jax.checkpoint via nn.remat): 'none',
+  # 'backbone' (every ResNet block), 'heads' (FPN and every head, fuse and
+  # refine included) or 'all'. Less activation memory for more compute
+  # (benchmarks/remat.py); the same parameters and results.
+  config.model.remat = "none"
   # UPSNet semantic head: deformable-conv widths and GroupNorm groups. The
   # release's UPSNetFPN: 256 -> 256 -> 128 -> 128.
   config.model.semantic_features = (256, 128, 128)

@@ -226,7 +226,7 @@ def model_config(config, meta, backend: Optional[str] = None
       flownet2=flow_on_device(config) and reads_flow(config),
       pixel_mean=tuple(float(v) for v in transforms.MEAN),
       pixel_std=tuple(float(v) for v in transforms.STD),
-      conv_impl=conv_impl(config, backend))
+      conv_impl=conv_impl(config, backend), remat=m.remat)
 
 
 def init_image_size(config):

@@ -4,10 +4,9 @@ compile per input shape across frames, features aligned by the synthetic
 data's exact flow, and a short overfit in which the semantic, panoptic and
 track losses fall and the track head matches > 90 % of RoIs; the
 convolution implementation (`conv_impl`) reaches every convolution, leaves
-the parameters alone and, "xla" against "cpu", gives the same losses and
-gradients."""
+the parameters alone (that "xla" and "cpu" give the same losses,
+gradients and outputs, for every variant: tests/test_accelerator_path.py)."""
 import dataclasses
-import functools
 
 import jax
 import jax.numpy as jnp
@@ -19,6 +18,7 @@ from data_pipeline import metadata
 from data_pipeline import sources
 from data_pipeline import synthetic
 from data_pipeline import transforms
+from tests import tiny_models
 from tests import vps_tiny
 from vpsnet_jax import experiment
 from vpsnet_jax.modeling import detector
@@ -44,42 +44,10 @@ def pairs(tmp_path_factory):
   return [jax.tree_util.tree_map(lambda x: x[0], next(it)) for _ in range(2)]
 
 
-class Compiled:
-  """A variant's task with its jitted gradient and inference functions and
-  trace counters (shared by the tests of this module)."""
-
-  def __init__(self, variant):
-    self.config = vps_tiny.config(variant)
-    self.task = tasks.create_task(self.config, META)
-    self.model = vpsnet.VPSNet(experiment.model_config(self.config, META))
-    self.variables = jax.jit(self.task.init)(jax.random.PRNGKey(0))
-    self.traces = {"grad": 0, "infer": 0}
-
-    def loss(params, batch, key):
-      self.traces["grad"] += 1
-      total, metrics = self.task.loss_fn(params, self.variables["batch_stats"],
-                                         batch, key)
-      return total, metrics
-
-    self.grad = jax.jit(jax.value_and_grad(loss, has_aux=True))
-
-    def infer(variables, images, size, ref, flow, has_ref):
-      self.traces["infer"] += 1
-      return self.model.apply(variables, images, size, ref, flow, has_ref,
-                              method=self.model.infer)
-
-    self.infer = jax.jit(infer)
-
-
-@functools.lru_cache(maxsize=None)
-def compiled(variant) -> Compiled:
-  return Compiled(variant)
-
-
 @pytest.mark.slow  # Compiles the tiny VPSNet's train step.
 @pytest.mark.parametrize("variant", list(vpsnet.VARIANTS))
 def test_variant_trains_and_gradients_reach_its_parameters(pairs, variant):
-  c = compiled(variant)
+  c = tiny_models.compiled(variant)
   spec = vpsnet.VARIANTS[variant]
   params = c.variables["params"]
   assert ("fuse" in params) == spec.fuse
@@ -116,7 +84,7 @@ def _infer_inputs(batch, gathered=None, has_ref=True):
 
 @pytest.mark.slow  # Compiles the tiny VPSNet's train step and inference.
 def test_one_compile_per_shape_across_frames(pairs):
-  c = compiled("fusetrack")
+  c = tiny_models.compiled("fusetrack")
   for i in range(3):
     c.grad(c.variables["params"], pairs[i % 2], jax.random.PRNGKey(i))
   assert c.traces["grad"] == 1
@@ -142,7 +110,7 @@ def test_one_compile_per_shape_across_frames(pairs):
 def test_first_frame_is_its_own_reference(pairs):
   """has_reference=False ignores the reference: any value gives the same
   output as the target passed as its own reference."""
-  c = compiled("fusetrack")
+  c = tiny_models.compiled("fusetrack")
   a = c.infer(c.variables, *_infer_inputs(pairs[0], has_ref=False))
   noise = np.random.default_rng(0).standard_normal(
       a["gathered"].shape).astype(np.float32)
@@ -160,7 +128,7 @@ def test_exact_flow_aligns_reference_features():
   which do not move with the content)."""
   video = synthetic.generate_video(
       synthetic.SyntheticConfig(height=128, width=256), 1, "train", 0)
-  c = compiled("base")
+  c = tiny_models.compiled("base")
   features = jax.jit(lambda v, x: c.model.apply(
       v, x, method=c.model.features)[0])
   ratios = []
@@ -212,7 +180,7 @@ def test_disjoined_track_head_reads_unfused_features(pairs):
   """Disjoined: the embeddings are the track head on RoI features of the
   target's FPN levels (not the fused ones); the boxes, the masks and the
   semantic map come from the fused features as in FuseTrack."""
-  c = compiled("disjoined")
+  c = tiny_models.compiled("disjoined")
   gathered = np.asarray(c.infer(c.variables, *_infer_inputs(
       pairs[1], has_ref=False))["gathered"])
   inputs = _infer_inputs(pairs[0], gathered)
@@ -246,7 +214,7 @@ def test_semantic_loss_at_full_resolution_or_quarter(pairs):
     config = vps_tiny.config("base", model__semantic_loss=mode)
     task = tasks.create_task(config, META)
     model = vpsnet.VPSNet(experiment.model_config(config, META))
-    variables = compiled("base").variables
+    variables = tiny_models.compiled("base").variables
     mb = tasks.model_batch(batch, tasks.thing_table(META),
                            model.cfg.offset)
     keys = jax.random.split(jax.random.PRNGKey(0), batch["image"].shape[0])
@@ -274,7 +242,7 @@ STEPS = 120
 
 @pytest.mark.slow  # Compiles the tiny VPSNet's train step (training loop).
 def test_overfits_pairs_and_track_head_matches(pairs):
-  c = compiled("fusetrack")
+  c = tiny_models.compiled("fusetrack")
   tx = optax.adam(1e-3)
   params = c.variables["params"]
   mask = c.task.trainable(params)
@@ -306,17 +274,20 @@ def test_overfits_pairs_and_track_head_matches(pairs):
 def test_bfloat16_compute_keeps_float32_parameters(pairs):
   """model.dtype='bfloat16': float32 parameters and gradients, finite, and
   the loss terms near float32's at the same parameters."""
-  f32 = compiled("fusetrack")
-  config = vps_tiny.config(model__dtype="bfloat16")
+  f32 = tiny_models.compiled("fusetrack")
+  config = tiny_models.config("fusetrack", model__dtype="bfloat16")
   task = tasks.create_task(config, META)
   params = f32.variables["params"]
   grad = jax.jit(jax.value_and_grad(
-      lambda p, b, k: task.loss_fn(p, f32.variables["batch_stats"], b, k),
+      lambda p, b, k: task.loss_fn(p, f32.variables["batch_stats"], b,
+                                   tiny_models.example_keys(k, 2)),
       has_aux=True))
   (loss, metrics), grads = grad(params, pairs[0], jax.random.PRNGKey(1))
-  (_, ref), _ = f32.grad(params, pairs[0], jax.random.PRNGKey(1))
+  (ref_loss, ref), _ = f32.grad(params, pairs[0], jax.random.PRNGKey(1))
   for leaf in jax.tree_util.tree_leaves(grads):
     assert leaf.dtype == jnp.float32 and np.all(np.isfinite(leaf))
+  # The stated tolerance: the total and each term within 10 % of float32.
+  assert float(loss) == pytest.approx(float(ref_loss), rel=0.1)
   for k in ("loss_semantic", "loss_panoptic", "loss_rpn_cls", "loss_mask",
             "loss_track"):
     assert float(metrics[k]) == pytest.approx(float(ref[k]), rel=0.1), k
@@ -351,63 +322,3 @@ def test_conv_impl_reaches_every_convolution(monkeypatch):
     with pytest.raises(ValueError, match="conv_impl"):
       detector.DetectorConfig(conv_impl=bad)
   assert vpsnet.VPSNetConfig().conv_impl == "xla"
-
-
-@pytest.mark.slow
-def test_conv_impls_agree_on_losses_and_gradients(pairs):
-  """The tiny fusetrack VPSNet with conv_impl="xla" and "cpu" (im2col on
-  the small maps, XLA's convolution on the others): the same loss terms,
-  semantic logits, fused features and gradients at the same parameters,
-  batch and key, to float32 rounding."""
-  base = compiled("fusetrack")
-  cfg = experiment.model_config(base.config, META)
-  table = tasks.thing_table(META)
-  params = base.variables["params"]
-  batch_stats = base.variables["batch_stats"]
-  results = {}
-  for impl in ("xla", "cpu"):
-    model = vpsnet.VPSNet(dataclasses.replace(cfg, conv_impl=impl))
-
-    def loss(p, batch, key, model=model):
-      parts, aux = model.apply({"params": p, "batch_stats": batch_stats},
-                               tasks.model_batch(batch, table, cfg.offset),
-                               key, method=model.losses)
-      return sum(parts.values()), (parts, aux["semantic_logits"],
-                                   aux["feats"])
-
-    results[impl] = jax.device_get(jax.jit(jax.value_and_grad(
-        loss, has_aux=True))(params, pairs[0], jax.random.PRNGKey(1)))
-  (total_x, (parts_x, sem_x, feats_x)), grads_x = results["xla"]
-  (total_c, (parts_c, sem_c, feats_c)), grads_c = results["cpu"]
-  assert np.isfinite(total_x) and total_x > 0
-  assert set(parts_x) == set(parts_c) == DETECTOR_LOSSES | {"loss_track"}
-  for k in parts_x:
-    assert float(parts_c[k]) == pytest.approx(float(parts_x[k]), rel=1e-4,
-                                              abs=1e-6), k
-  assert float(total_c) == pytest.approx(float(total_x), rel=1e-5)
-  np.testing.assert_allclose(sem_c, sem_x, rtol=1e-4,
-                             atol=1e-4 * np.abs(sem_x).max())
-  for a, b in zip(feats_c, feats_x):
-    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * np.abs(b).max())
-  leaves_x = jax.tree_util.tree_leaves_with_path(grads_x)
-  leaves_c = jax.tree_util.tree_leaves(grads_c)
-  assert len(leaves_x) == len(leaves_c)
-  nonzero = 0
-  for (path, gx), gc in zip(leaves_x, leaves_c):
-    scale = np.abs(gx).max()
-    nonzero += scale > 0
-    name = jax.tree_util.keystr(path)
-    # Measured on the CPU: within 5e-6 of the leaf's largest gradient,
-    # except where a unit sits within rounding of its ReLU kink at some
-    # pixel and flips between the two implementations: that changes the
-    # gradient of that one output channel's weights (measured: rpn_conv
-    # channel 5, bias and kernel, by up to 5e-3 of the leaf's scale). So:
-    # differences beyond 1e-4 in at most one output channel (last axis)
-    # per leaf, and nowhere beyond 2e-2 of the scale.
-    far = ~np.isclose(gc, gx, rtol=1e-4, atol=1e-4 * scale + 1e-9)
-    channels = np.unique(np.nonzero(far.reshape(-1, far.shape[-1]))[1]) if (
-        far.ndim) else np.nonzero(far.reshape(-1))[0]
-    assert len(channels) <= 1, (name, channels)
-    np.testing.assert_allclose(gc, gx, rtol=0, atol=2e-2 * scale + 1e-9,
-                               err_msg=name)
-  assert nonzero > len(leaves_x) // 2

@@ -123,12 +123,15 @@ class ResNet(nn.Module):
     dtype: compute dtype (e.g. jnp.bfloat16); parameters stay float32.
     conv: the convolution module (`conv_ops.Conv` or `conv_ops.conv_def(
       impl)`); it does not change the parameters.
+    remat: rematerialise every residual block (`nn.remat`: its
+      activations recomputed in the backward pass); same parameters.
   """
   depth: int = 50
   frozen_stages: int = 1
   train_bn_affine: bool = False
   dtype: Dtype = jnp.float32
   conv: ModuleDef = conv_ops.Conv
+  remat: bool = False
 
   @nn.compact
   def __call__(self, images: jnp.ndarray) -> Tuple[jnp.ndarray, ...]:
@@ -138,6 +141,8 @@ class ResNet(nn.Module):
                        f"choose from {sorted(RESNET_SPECS)}")
     kind, blocks = RESNET_SPECS[self.depth]
     block_cls = BasicBlock if kind == "basic" else Bottleneck
+    if self.remat:
+      block_cls = nn.remat(block_cls)
     x = images.astype(self.dtype)
     x = _conv(self.conv, 64, 7, 2, self.dtype, "conv1")(x)
     x = nn.relu(FrozenBatchNorm(self.train_bn_affine, dtype=self.dtype,

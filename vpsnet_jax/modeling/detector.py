@@ -29,6 +29,9 @@ from vpsnet_jax.modeling import rpn as rpn_lib
 from vpsnet_jax.ops import anchors as anchor_ops
 from vpsnet_jax.ops import conv as conv_ops
 
+# DetectorConfig.remat.
+REMAT = ("none", "backbone", "heads", "all")
+
 
 @dataclasses.dataclass(frozen=True)
 class DetectorConfig:
@@ -63,12 +66,29 @@ class DetectorConfig:
   # builds the model (`conv_ops.resolve_conv_impl`), not here. It changes
   # neither the parameters nor (beyond float rounding) the outputs.
   conv_impl: str = "xla"
+  # Activation rematerialisation (`nn.remat`, recomputed in the backward
+  # pass instead of stored): "none", "backbone" (every ResNet block),
+  # "heads" (every module after the backbone: FPN, RPN, box, mask and
+  # VPSNet's semantic, fuse, refine and track heads) or "all". Same
+  # parameters and outputs; less activation memory, more compute.
+  remat: str = "none"
 
   def __post_init__(self):
+    if self.remat not in REMAT:
+      raise ValueError(f"remat must be one of {REMAT}, got {self.remat!r}")
     if self.conv_impl not in conv_ops.IMPLS:
       raise ValueError(f"conv_impl must be one of {conv_ops.IMPLS}, got "
                        f"{self.conv_impl!r} (resolve 'auto' with "
                        "ops.conv.resolve_conv_impl)")
+
+  @property
+  def remat_backbone(self) -> bool:
+    return self.remat in ("backbone", "all")
+
+  def head(self, module_cls):
+    """`module_cls`, rematerialised when `remat` covers the heads."""
+    return nn.remat(module_cls) if self.remat in ("heads", "all") else (
+        module_cls)
 
   @property
   def compute_dtype(self):
@@ -123,18 +143,18 @@ class MaskRCNN(nn.Module):
     cfg, dt, conv = self.cfg, self.cfg.compute_dtype, self.conv
     self.backbone = backbone_lib.ResNet(depth=cfg.depth,
                                         frozen_stages=cfg.frozen_stages,
-                                        dtype=dt, conv=conv)
-    self.fpn = fpn_lib.FPN(features=cfg.fpn_dim,
-                           num_outs=len(cfg.anchor_strides), dtype=dt,
-                           conv=conv)
-    self.rpn_head = rpn_lib.RPNHead(features=cfg.fpn_dim,
-                                    num_anchors=cfg.num_anchors, dtype=dt,
-                                    conv=conv)
-    self.box_head = roi_heads.BoxHead(cfg.num_classes + 1, cfg.box_fc_dim,
-                                      dtype=dt)
-    self.mask_head = roi_heads.MaskHead(cfg.num_classes + 1,
-                                        cfg.mask_conv_dim, dtype=dt,
-                                        conv=conv)
+                                        dtype=dt, conv=conv,
+                                        remat=cfg.remat_backbone)
+    self.fpn = cfg.head(fpn_lib.FPN)(features=cfg.fpn_dim,
+                                     num_outs=len(cfg.anchor_strides),
+                                     dtype=dt, conv=conv)
+    self.rpn_head = cfg.head(rpn_lib.RPNHead)(features=cfg.fpn_dim,
+                                              num_anchors=cfg.num_anchors,
+                                              dtype=dt, conv=conv)
+    self.box_head = cfg.head(roi_heads.BoxHead)(
+        cfg.num_classes + 1, cfg.box_fc_dim, dtype=dt)
+    self.mask_head = cfg.head(roi_heads.MaskHead)(
+        cfg.num_classes + 1, cfg.mask_conv_dim, dtype=dt, conv=conv)
 
   def features(self, images: jnp.ndarray) -> Tuple[jnp.ndarray, ...]:
     """images (N, H, W, 3) -> FPN levels P2..P6, (N, H_l, W_l, fpn_dim)."""

@@ -184,16 +184,17 @@ class VPSNet(detector.MaskRCNN):
     super().setup()
     cfg, dt, conv = self.cfg, self.cfg.compute_dtype, self.conv
     if cfg.spec.fuse:
-      self.refine = neck_lib.Refine(dtype=dt, conv=conv)
-      self.fuse = fuse_lib.Fuse(cfg.max_displacement,
-                                use_align=cfg.spec.align,
-                                use_attend=cfg.spec.attend, dtype=dt,
-                                conv=conv, warp_grid=cfg.warp_grid)
-    self.semantic_head = semantic_lib.SemanticHead(
+      self.refine = cfg.head(neck_lib.Refine)(dtype=dt, conv=conv)
+      self.fuse = cfg.head(fuse_lib.Fuse)(
+          cfg.max_displacement, use_align=cfg.spec.align,
+          use_attend=cfg.spec.attend, dtype=dt, conv=conv,
+          warp_grid=cfg.warp_grid)
+    self.semantic_head = cfg.head(semantic_lib.SemanticHead)(
         cfg.num_semantic, tuple(cfg.semantic_features), cfg.semantic_groups,
         dtype=dt, conv=conv)
     if cfg.spec.track:
-      self.track_head = track_lib.TrackHead(cfg.track_dim, dtype=dt)
+      self.track_head = cfg.head(track_lib.TrackHead)(cfg.track_dim,
+                                                      dtype=dt)
     if cfg.flownet2:
       # A variable of batch_stats (frozen, no gradient, no optimizer
       # state), saved with the model like the release's `flownet2.*` keys.

@@ -33,7 +33,9 @@ def correlation(x1: jnp.ndarray, x2: jnp.ndarray,
       be a multiple of it.
 
   Returns:
-    (N, H, W, D*D) with D = 2 * (d // s) + 1, in the dtype of the inputs;
+    (N, H, W, D*D) with D = 2 * (d // s) + 1, float32 whatever the
+    inputs' dtype (bfloat16 compute: the products are summed over C in
+    float32, a bfloat16 sum of C = 256 products keeps about 2 digits);
     channel (j + r) * D + (i + r) holds the displacement (dx, dy) =
     (i * s, j * s), r = d // s.
   """
@@ -63,7 +65,8 @@ def correlation(x1: jnp.ndarray, x2: jnp.ndarray,
   b = jnp.swapaxes(b, 3, 4)  # (n, h + 2d, nb, c, reach)
   outs = []
   for dy in range(0, size, stride):
-    r = jnp.einsum("nhbic,nhbcj->nhbij", a, b[:, dy:dy + h])
+    r = jnp.einsum("nhbic,nhbcj->nhbij", a, b[:, dy:dy + h],
+                   preferred_element_type=jnp.float32)
     # r[..., i, j] is pixel i against reach pixel j; the band j = i + dx.
     # Viewing the flat (bw * reach) block with row stride reach + 1 puts
     # r[i, i + dx] at [i, dx].
