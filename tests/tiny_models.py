@@ -1,6 +1,6 @@
 """The tiny VPSNet of each variant with its jitted gradient and inference
-functions, compiled once per test session and shared by the test modules
-that use them (tests/modeling/test_vpsnet.py, tests/test_accelerator_path.py).
+functions, compiled once and shared by the tests of a module (released
+after each module: tests/conftest.py).
 
 Built from `vps_tiny.config(variant)` (conv 'auto': the CPU path here)
 with the panoptic detection threshold at 0, so that random weights give
@@ -80,3 +80,9 @@ def release(variant: str) -> None:
   session does not hold every variant's executables at once."""
   _CACHE.pop(variant, None)
   gc.collect()
+
+
+def release_all() -> None:
+  """Drops every variant's compiled functions (tests/conftest.py, after
+  each module)."""
+  _CACHE.clear()
