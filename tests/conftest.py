@@ -9,6 +9,19 @@ if "--xla_force_host_platform_device_count" not in os.environ.get(
       [os.environ.get("XLA_FLAGS", ""),
        "--xla_force_host_platform_device_count=4"]).strip()
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# A persistent compilation cache for this session's own compiles (removed
+# at exit): a test module's executables are released after it (see
+# `_release_executables`), and a later module that compiles the same
+# program (the tiny models of tests/tiny_models.py in tests/modeling and
+# tests/test_accelerator_path.py) loads it instead of compiling again.
+# Compiles under a second are not stored.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+  import atexit  # pylint: disable=g-import-not-at-top
+  import shutil  # pylint: disable=g-import-not-at-top
+  import tempfile  # pylint: disable=g-import-not-at-top
+  _CACHE_DIR = tempfile.mkdtemp(prefix="vpsnet_jax_test_cache_")
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = _CACHE_DIR
+  atexit.register(shutil.rmtree, _CACHE_DIR, ignore_errors=True)
 
 # With these wheels, importing torchvision after tensorflow crashes the
 # interpreter (torchvision's custom ops), while the other order works. Test

@@ -1,12 +1,12 @@
 """The assembled VPSNet on tiny synthetic frame pairs (that every variant
-trains, its gradients reach every trainable parameter it has and both
-convolution paths agree: tests/test_accelerator_path.py): one compile per
+trains and its gradients reach every trainable parameter it has, and that
+both convolution paths agree: tests/test_accelerator_path.py): one compile per
 input shape across frames, features aligned by the synthetic
 data's exact flow, and a short overfit in which the semantic, panoptic and
 track losses fall and the track head matches > 90 % of RoIs; the
 convolution implementation (`conv_impl`) reaches every convolution, leaves
 the parameters alone (that "xla" and "cpu" give the same losses,
-gradients and outputs, for every variant: tests/test_accelerator_path.py)."""
+gradients and outputs: tests/test_accelerator_path.py, on fusetrack)."""
 import dataclasses
 
 import jax
