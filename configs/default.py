@@ -162,10 +162,14 @@ def get_config() -> ml_collections.ConfigDict:
   # 0: no profile.
   config.profile_steps = 0
 
-  # Video panoptic quality (eval.vpq).
+  # Video panoptic quality (eval.vpq): the benchmark's protocol
+  # (eval/protocols.py: cityscapes_vps, viper, vipseg), its window sizes
+  # and, for cityscapes_vps only, the annotation stride lambda in raw frames
+  # (None for the protocols whose windows count annotated frames).
   config.eval = ml_collections.ConfigDict()
+  config.eval.protocol = "cityscapes_vps"
   config.eval.ks = (0, 5, 10, 15)
-  config.eval.stride = 5  # Annotation stride lambda, in raw frames.
+  config.eval.stride = 5
 
   # Online inference (vpsnet_jax.inference): `track_head` (VPSNet's
   # tracker), the paper's baselines `cls_sort` (ids from class-probability

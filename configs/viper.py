@@ -8,6 +8,10 @@ images scaled with the global batch, weight decay 1e-4, warm-up 500 steps
 from 1/3, x0.1 at epochs 8 and 11 of 12, clipping at 35, 800x1600 crops
 after a random scale); VIPER has 23 classes and its own train/val_day
 splits. Steps are derived from the prepared training split's size.
+`--mode=evaluate` scores with the release's VIPER protocol (`eval.vpq
+--protocol viper`: every frame annotated, windows of 1, 5, 10 and 15 frames,
+ground-truth tubes under 32 x 32 pixels skipped, "mobilebarrier" left out
+of the averages).
 """
 
 import ml_collections
@@ -19,4 +23,7 @@ def get_config() -> ml_collections.ConfigDict:
   # The paper trains both video datasets with the same settings.
   config = cityscapes_vps.get_config()
   config.dataset.name = "viper"
+  config.eval.protocol = "viper"
+  config.eval.ks = (1, 5, 10, 15)
+  config.eval.stride = None
   return config

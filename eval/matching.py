@@ -14,7 +14,11 @@ PQ applied to tubes):
   holds several crowd tubes of one category, the reference keeps the last one
   in order of first appearance (frames in order, then the JSON order of the
   frame), and so do we;
-* a tube's category and crowd flag are those of its first frame in the window.
+* a tube's category and crowd flag are those of its first frame in the window;
+* with a size threshold (the VIPER protocol, `eval.protocols`), a
+  ground-truth tube with fewer pixels over the window is skipped: neither
+  matched nor a false negative, while predictions on it are judged as any
+  other unmatched prediction; a small crowd tube still excuses predictions.
 """
 
 import dataclasses
@@ -73,7 +77,8 @@ def _first_in_window(values: np.ndarray, present: np.ndarray) -> np.ndarray:
 
 
 def match_window(confusion: np.ndarray, attrs: FrameAttributes, start: int,
-                 stop: int, num_classes: int) -> ClassStats:
+                 stop: int, num_classes: int,
+                 min_gt_area: int = 0) -> ClassStats:
   """Matches the tubes of frames [start, stop) of a video.
 
   Args:
@@ -82,6 +87,8 @@ def match_window(confusion: np.ndarray, attrs: FrameAttributes, start: int,
     attrs: the video's per-frame segment attributes.
     start, stop: the window's frames.
     num_classes: C, the number of categories.
+    min_gt_area: ground-truth tubes of fewer pixels over the window are
+      skipped (0: none).
 
   Returns:
     The window's per-class statistics.
@@ -100,9 +107,12 @@ def match_window(confusion: np.ndarray, attrs: FrameAttributes, start: int,
   pred_area = confusion[:, 1:].sum(axis=0)
   pred_void = confusion[0, 1:]
 
+  # The release's VIPER evaluation skips small ground truth first.
+  small = gt_area < min_gt_area
+
   # True positives. IoU > 0.5 makes matches unique in both directions.
   candidate = ((inter > 0) & (gt_cat[:, None] == pred_cat[None, :]) &
-               ~gt_crowd[:, None] & gt_present[:, None] &
+               ~gt_crowd[:, None] & ~small[:, None] & gt_present[:, None] &
                pred_present[None, :])
   union = gt_area[:, None] + pred_area[None, :] - inter - pred_void[None, :]
   iou = np.where(candidate, inter / np.maximum(union, 1), 0.0)
@@ -115,8 +125,8 @@ def match_window(confusion: np.ndarray, attrs: FrameAttributes, start: int,
   pred_matched = np.zeros(len(pred_cat), bool)
   pred_matched[p_idx] = True
 
-  # False negatives: unmatched, non-crowd ground truth.
-  fn = gt_present & ~gt_matched & ~gt_crowd
+  # False negatives: unmatched, non-crowd, not small ground truth.
+  fn = gt_present & ~gt_matched & ~gt_crowd & ~small
   np.add.at(stats.fn, gt_cat[fn], 1)
 
   # The crowd tube of each category: the last one in first-appearance order.
@@ -141,11 +151,13 @@ def match_window(confusion: np.ndarray, attrs: FrameAttributes, start: int,
 
 
 def summarize(stats: ClassStats, category_ids: Sequence[int],
-              isthing: Sequence[bool]) -> Mapping:
+              isthing: Sequence[bool],
+              excluded: Sequence[int] = ()) -> Mapping:
   """PQ, SQ and RQ per class and averaged (All / Things / Stuff), in percent.
 
-  A class enters the averages only when TP + FP + FN > 0 (as panopticapi);
-  a group without such a class averages to 0 with `n` = 0.
+  A class enters the averages only when TP + FP + FN > 0 (as panopticapi)
+  and its id is not in `excluded` (its own figures are still reported); a
+  group without such a class averages to 0 with `n` = 0.
 
   Returns:
     {"classes": {id: {"pq", "sq", "rq", "iou", "tp", "fp", "fn"}},
@@ -153,6 +165,7 @@ def summarize(stats: ClassStats, category_ids: Sequence[int],
   """
   tp, fp, fn, iou = stats.tp, stats.fp, stats.fn, stats.iou
   counted = (tp + fp + fn) > 0
+  averaged = counted & ~np.isin(np.asarray(category_ids), list(excluded))
   denom = np.where(counted, tp + 0.5 * fp + 0.5 * fn, 1.0)
   pq = np.where(counted, iou / denom, 0.0)
   sq = np.where(tp > 0, iou / np.maximum(tp, 1), 0.0)
@@ -166,7 +179,7 @@ def summarize(stats: ClassStats, category_ids: Sequence[int],
   thing = np.asarray(isthing, bool)
   for name, members in (("all", np.ones_like(thing)), ("things", thing),
                         ("stuff", ~thing)):
-    sel = members & counted
+    sel = members & averaged
     n = int(sel.sum())
     out[name] = {key: 100 * float(val[sel].mean()) if n else 0.0
                  for key, val in (("pq", pq), ("sq", sq), ("rq", rq))}

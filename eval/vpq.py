@@ -2,21 +2,27 @@
 
 Two interfaces:
 
-* `evaluate(videos, categories, ks, stride)` on arrays: each video is a
-  sequence of `Frame`s (ground-truth and predicted segment-id maps plus their
-  segment tables), its annotated frames in order;
-* `evaluate_folder(gt_json, gt_dir, pred_dir, ...)` on the Cityscapes-VPS
+* `evaluate(videos, categories, ks, stride, protocol=...)` on arrays: each
+  video is a sequence of `Frame`s (ground-truth and predicted segment-id maps
+  plus their segment tables), its annotated frames in order;
+* `evaluate_folder(gt_json, gt_dir, pred_dir, ...)` on a benchmark's
   evaluation layout, and the command line
 
     python -m eval.vpq --gt_json F --gt_dir D --pred_dir D [--pred_json F]
-        [--k 0 5 10 15] [--stride 5] [--output OUT.json]
+        [--protocol {cityscapes_vps,viper,vipseg}] [--k ...] [--stride 5]
+        [--output OUT.json]
 
-A window of k raw frames covers k / stride + 1 consecutive annotated frames
-and starts at every annotated frame where it fits in its video; k = 0 is image
-PQ. Tube statistics are summed per class over all windows of all videos;
-VPQ^k is the mean PQ over classes with TP + FP + FN > 0, and the final VPQ is
-the mean over the given ks. All scores are in percent. See `eval.matching`
-for the matching rules and `eval.confusion` for how pixels are counted once.
+The protocol (`eval.protocols`, default `cityscapes_vps`) sets the window
+sizes, the folder layout and what the benchmark's official script does
+beyond tube matching; `--k` and `--stride` override its windows. Under
+`cityscapes_vps` a window of k raw frames covers k / stride + 1 consecutive
+annotated frames (k = 0 is image PQ); under `viper` and `vipseg` a window of
+k covers k annotated frames. A window starts at every annotated frame where
+it fits in its video. Tube statistics are summed per class over all windows
+of all videos; VPQ^k is the mean PQ over classes with TP + FP + FN > 0, and
+the final VPQ is the mean over the ks. All scores are in percent. See
+`eval.matching` for the matching rules and `eval.confusion` for how pixels
+are counted once.
 """
 
 import argparse
@@ -31,6 +37,7 @@ from eval import confusion as confusion_lib
 from eval import layout
 from eval import common
 from eval import matching
+from eval import protocols as protocols_lib
 from eval.common import Frame, VPQInputError  # pylint: disable=unused-import
 
 DEFAULT_KS = (0, 5, 10, 15)
@@ -40,12 +47,8 @@ ID_LIMIT = confusion_lib.ID_LIMIT
 
 def window_frames(k: int, stride: int) -> int:
   """Annotated frames in a window of k raw frames (k a multiple of stride)."""
-  if stride <= 0:
-    raise ValueError(f"stride must be positive, got {stride}")
-  if k < 0 or k % stride:
-    raise ValueError(f"k={k} must be a non-negative multiple of the "
-                     f"annotation stride {stride}")
-  return k // stride + 1
+  return protocols_lib.get("cityscapes_vps").with_overrides(
+      ks=(k,), stride=stride).window_frames(k)
 
 
 def _normalize_categories(categories) -> list[Mapping[str, Any]]:
@@ -64,12 +67,13 @@ def _normalize_categories(categories) -> list[Mapping[str, Any]]:
 class _VideoEvaluator:
   """Turns a video's frames into per-class statistics for every k."""
 
-  def __init__(self, categories, ks: Sequence[int], stride: int):
+  def __init__(self, categories, protocol: protocols_lib.Protocol):
     self.categories = _normalize_categories(categories)
     self.category_pos = {c["id"]: i for i, c in enumerate(self.categories)}
-    self.window = {k: window_frames(k, stride) for k in ks}
+    self.protocol = protocol
+    self.window = {k: protocol.window_frames(k) for k in protocol.ks}
     self.stats = {k: matching.ClassStats.zeros(len(self.categories))
-                  for k in ks}
+                  for k in protocol.ks}
     self.confusion = confusion_lib.FrameConfusion()
     self.num_videos = self.num_frames = 0
 
@@ -189,7 +193,7 @@ class _VideoEvaluator:
       for start in range(num_f - n + 1):
         self.stats[k] += matching.match_window(
             cumulative[start + n] - cumulative[start], attrs, start,
-            start + n, len(self.categories))
+            start + n, len(self.categories), self.protocol.min_gt_area)
     self.num_videos += 1
     self.num_frames += num_f
 
@@ -197,9 +201,10 @@ class _VideoEvaluator:
     """The output JSON and the per-k summaries of `matching.summarize`."""
     ids = [c["id"] for c in self.categories]
     isthing = [bool(c["isthing"]) for c in self.categories]
-    per_k = {k: matching.summarize(s, ids, isthing)
+    excluded = self.protocol.excluded_categories
+    per_k = {k: matching.summarize(s, ids, isthing, excluded)
              for k, s in self.stats.items()}
-    out = {"vpq": {}, "k": {}}
+    out = {"vpq": {}, "k": {}, "protocol": self.protocol.name}
     for k, summary in per_k.items():
       out["k"][str(k)] = {g: summary[g]["pq"] for g in ("all", "things",
                                                         "stuff")}
@@ -209,10 +214,26 @@ class _VideoEvaluator:
     return out, per_k
 
 
+def resolve_protocol(protocol=protocols_lib.DEFAULT,
+                     ks: Optional[Sequence[int]] = None,
+                     stride: Optional[int] = None) -> protocols_lib.Protocol:
+  """The protocol (a name or an `eval.protocols.Protocol`) with `ks` /
+  `stride` overriding its windows.
+
+  Raises:
+    ValueError: an unknown protocol or windows it cannot have.
+  """
+  if not isinstance(protocol, protocols_lib.Protocol):
+    protocol = protocols_lib.get(protocol)
+  return protocol.with_overrides(ks, stride)
+
+
 def evaluate(videos: Iterable[Sequence[Frame]], categories,
-             ks: Sequence[int] = DEFAULT_KS, stride: int = DEFAULT_STRIDE,
+             ks: Optional[Sequence[int]] = None,
+             stride: Optional[int] = None,
              progress: bool = False, total: Optional[int] = None,
-             details: Optional[dict] = None) -> dict:
+             details: Optional[dict] = None,
+             protocol=protocols_lib.DEFAULT) -> dict:
   """VPQ of predicted against ground-truth videos given as arrays.
 
   Args:
@@ -220,22 +241,23 @@ def evaluate(videos: Iterable[Sequence[Frame]], categories,
       annotated frames in temporal order. Videos are consumed one at a time,
       so a generator keeps memory bounded by one video.
     categories: sequence (or mapping by id) of {"id", "isthing", "name"}.
-    ks: window sizes in raw frames, multiples of `stride`.
-    stride: annotation stride lambda (raw frames between annotated frames).
+    ks: window sizes (default: the protocol's); under `cityscapes_vps` in
+      raw frames, multiples of `stride`, otherwise in annotated frames.
+    stride: annotation stride lambda (raw frames between annotated frames)
+      of `cityscapes_vps` (default 5); an error for the other protocols.
     progress: show a progress bar over videos.
     total: number of videos, for the progress bar.
     details: if given, filled with SQ / RQ / class counts per group and k
       (`{k: {"all": {"pq", "sq", "rq", "n"}, ...}}`) and the numbers of videos
       and frames.
+    protocol: a name of `eval.protocols.PROTOCOLS`, or a `Protocol`.
 
   Returns:
     {"vpq": {"all", "things", "stuff"}, "k": {"<k>": {"all", "things",
     "stuff", "classes": {"<category_id>": {"pq", "sq", "rq", "iou", "tp",
-    "fp", "fn"}}}}}, scores in percent.
+    "fp", "fn"}}}}, "protocol": name}, scores in percent.
   """
-  if not ks:
-    raise ValueError("need at least one window size k")
-  ev = _VideoEvaluator(categories, ks, stride)
+  ev = _VideoEvaluator(categories, resolve_protocol(protocol, ks, stride))
   for video in tqdm.tqdm(videos, total=total, desc="VPQ", unit="video",
                          disable=not progress, file=sys.stderr):
     ev.add_video(video)
@@ -249,28 +271,35 @@ def evaluate(videos: Iterable[Sequence[Frame]], categories,
 
 def evaluate_folder(gt_json: str, gt_dir: str, pred_dir: str,
                     pred_json: Optional[str] = None,
-                    ks: Sequence[int] = DEFAULT_KS,
-                    stride: int = DEFAULT_STRIDE, progress: bool = False,
+                    ks: Optional[Sequence[int]] = None,
+                    stride: Optional[int] = None, progress: bool = False,
                     num_threads: Optional[int] = None,
-                    details: Optional[dict] = None) -> dict:
-  """VPQ of a prediction folder against the Cityscapes-VPS evaluation layout.
+                    details: Optional[dict] = None,
+                    protocol=protocols_lib.DEFAULT) -> dict:
+  """VPQ of a prediction folder against a benchmark's evaluation layout.
 
   Args:
-    gt_json: ground-truth JSON (`images`, `annotations`, `categories`).
-    gt_dir: folder of the ground-truth PNGs, named by `file_name`.
-    pred_dir: folder with `pred.json` and `pan_pred/<image_id>.png`.
+    gt_json: ground-truth JSON (Cityscapes-VPS: `images`, `annotations`,
+      `categories`; VIPSeg: `videos`, `annotations`, `categories`).
+    gt_dir: folder of the ground-truth PNGs (`eval.layout`).
+    pred_dir: folder with `pred.json` and `pan_pred/`.
     pred_json: prediction JSON; defaults to `pred_dir/pred.json`.
-    ks, stride, progress, details: as `evaluate`.
+    ks, stride, progress, details, protocol: as `evaluate`; the protocol
+      also picks the layout (`vipseg`: `eval.layout.plan_vipseg`, the others
+      `eval.layout.plan_videos`).
     num_threads: PNG decoding threads (default: one per core).
 
   Returns:
     As `evaluate`.
   """
-  plan = layout.plan_videos(gt_json, gt_dir, pred_dir, pred_json)
+  resolved = resolve_protocol(protocol, ks, stride)
+  plan_fn = {"cityscapes_vps": layout.plan_videos,
+             "vipseg": layout.plan_vipseg}[resolved.layout]
+  plan = plan_fn(gt_json, gt_dir, pred_dir, pred_json)
   with layout.FrameLoader(num_threads) as loader:
     return evaluate(loader.videos(plan.videos), plan.categories, ks, stride,
                     progress=progress, total=len(plan.videos),
-                    details=details)
+                    details=details, protocol=protocol)
 
 
 def format_table(result: Mapping, details: Mapping) -> str:
@@ -303,20 +332,25 @@ def main(argv=None) -> int:
   parser.add_argument("--pred_dir", required=True)
   parser.add_argument("--pred_json", default=None,
                       help="default: PRED_DIR/pred.json")
-  parser.add_argument("--k", type=int, nargs="+", default=list(DEFAULT_KS))
-  parser.add_argument("--stride", type=int, default=DEFAULT_STRIDE)
+  parser.add_argument("--protocol", choices=sorted(protocols_lib.PROTOCOLS),
+                      default=protocols_lib.DEFAULT,
+                      help="the benchmark's evaluation (eval/protocols.py)")
+  parser.add_argument("--k", type=int, nargs="+", default=None,
+                      help="window sizes (default: the protocol's)")
+  parser.add_argument("--stride", type=int, default=None,
+                      help="annotation stride of cityscapes_vps (default 5)")
   parser.add_argument("--output", default=None, help="write the JSON here")
   args = parser.parse_args(argv)
-  for k in args.k:
-    try:
-      window_frames(k, args.stride)
-    except ValueError as e:
-      parser.error(str(e))
+  try:
+    resolve_protocol(args.protocol, args.k, args.stride)
+  except ValueError as e:
+    parser.error(str(e))
   details = {}
   try:
     result = evaluate_folder(args.gt_json, args.gt_dir, args.pred_dir,
                              args.pred_json, args.k, args.stride,
-                             progress=True, details=details)
+                             progress=True, details=details,
+                             protocol=args.protocol)
   except (VPQInputError, FileNotFoundError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2

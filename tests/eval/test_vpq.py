@@ -294,7 +294,8 @@ def test_cli_writes_json_and_prints_table(random_folder, tmp_path):
        "--output", str(out)], capture_output=True, text=True, check=True,
       cwd=ROOT)
   result = json.loads(out.read_text())
-  assert set(result) == {"vpq", "k"}
+  assert set(result) == {"vpq", "k", "protocol"}
+  assert result["protocol"] == "cityscapes_vps"
   assert set(result["vpq"]) == {"all", "things", "stuff"}
   assert set(result["k"]) == {"0", "5"}
   assert set(result["k"]["5"]) == {"all", "things", "stuff", "classes"}

@@ -23,12 +23,16 @@ def decode(ids: np.ndarray) -> np.ndarray:
   return ids.astype(np.uint64)
 
 
-def window_stats(window, stats):
+def window_stats(window, stats, min_gt_area=0):
   """Adds one window's tube statistics to stats[category] = [iou, tp, fp, fn].
 
   Args:
     window: list of (gt_ids, gt_segments, pred_ids, pred_segments) frames.
     stats: defaultdict(category_id -> [iou, tp, fp, fn]).
+    min_gt_area: the VIPER release's SIZE_THR: in the loop over (gt, pred)
+      pairs a ground-truth id with fewer pixels over the window is recorded
+      as small and skipped before any other check; the false-negative loop
+      looks at the crowd flag first, then at smallness.
   """
   gt = np.stack([decode(f[0]) for f in window])
   pred = np.stack([decode(f[2]) for f in window])
@@ -47,8 +51,11 @@ def window_stats(window, stats):
   pred_area = dict(zip(*(x.tolist() for x in np.unique(pred,
                                                         return_counts=True))))
 
-  gt_matched, pred_matched = set(), set()
+  gt_matched, pred_matched, gt_small = set(), set(), set()
   for (g, p), inter in pairs.items():
+    if gt_area[g] < min_gt_area:
+      gt_small.add(g)
+      continue
     if g not in gt_segs or p not in pred_segs:
       continue
     if gt_segs[g].get("iscrowd", 0) == 1:
@@ -72,6 +79,8 @@ def window_stats(window, stats):
     if seg.get("iscrowd", 0) == 1:
       crowd_of_class[seg["category_id"]] = g
       continue
+    if g in gt_small:
+      continue
     stats[seg["category_id"]][3] += 1
 
   for p, seg in pred_segs.items():
@@ -85,26 +94,35 @@ def window_stats(window, stats):
     stats[seg["category_id"]][2] += 1
 
 
-def reference_stats(videos, ks, stride):
-  """{k: {category_id: [iou, tp, fp, fn]}} over all windows of all videos."""
+def reference_stats(videos, ks, stride, min_gt_area=0):
+  """{k: {category_id: [iou, tp, fp, fn]}} over all windows of all videos.
+
+  A window of k spans k // stride + 1 frames, or k frames when stride is
+  None (the VIPER and VIPSeg scripts' `nframes`).
+  """
   out = {}
   for k in ks:
-    n = k // stride + 1
+    n = k if stride is None else k // stride + 1
     stats = collections.defaultdict(lambda: [0.0, 0, 0, 0])
     for video in videos:
       for start in range(len(video) - n + 1):
-        window_stats(video[start:start + n], stats)
+        window_stats(video[start:start + n], stats, min_gt_area)
     out[k] = dict(stats)
   return out
 
 
-def reference_vpq(videos, categories, ks, stride):
-  """{"vpq": {...}, "k": {k: {"all", "things", "stuff"}}} in percent."""
-  stats = reference_stats(videos, ks, stride)
+def reference_vpq(videos, categories, ks, stride, min_gt_area=0,
+                  excluded=()):
+  """{"vpq": {...}, "k": {k: {"all", "things", "stuff"}}} in percent;
+  `excluded` category ids are left out of the averages (the VIPER
+  release's `pq_average` skips label 11)."""
+  stats = reference_stats(videos, ks, stride, min_gt_area)
   out = {"k": {}, "vpq": {}}
   for k in ks:
     groups = {"all": [], "things": [], "stuff": []}
     for cat in categories:
+      if cat["id"] in excluded:
+        continue
       iou, tp, fp, fn = stats[k].get(cat["id"], [0.0, 0, 0, 0])
       if tp + fp + fn == 0:
         continue

@@ -100,13 +100,15 @@ def score_predictions(config, workdir: str,
                       gt_json: str, gt_dir: str, pred_dir: str,
                       progress: bool = True) -> dict:
   """VPQ of a prediction folder (`pred.json` + `pan_pred/`) against the
-  ground truth at `config.eval.ks` and `config.eval.stride`: prints the
-  table and writes `WORKDIR/vpq.json`; returns `eval.vpq`'s result."""
+  ground truth under `config.eval.protocol` at `config.eval.ks` and
+  `config.eval.stride`: prints the table and writes `WORKDIR/vpq.json`;
+  returns `eval.vpq`'s result."""
   from eval import vpq  # pylint: disable=g-import-not-at-top
   details = {}
   result = vpq.evaluate_folder(gt_json, gt_dir, pred_dir, ks=config.eval.ks,
                                stride=config.eval.stride, progress=progress,
-                               details=details)
+                               details=details,
+                               protocol=config.eval.protocol)
   print(vpq.format_table(result, details))
   out = os.path.join(workdir, "vpq.json")
   with open(out, "w") as f:
