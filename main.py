@@ -8,10 +8,10 @@ Modes:
   train_and_evaluate (default)  train config.variant on config.dataset
       (resuming from the latest checkpoint in WORKDIR/checkpoints),
       validation losses and semantic mIoU every eval_every_steps, then
-      online inference on the validation split and its VPQ
-      (WORKDIR/predictions, WORKDIR/vpq.json);
+      online inference on the validation split, its VPQ and STQ
+      (WORKDIR/predictions, WORKDIR/vpq.json, WORKDIR/stq.json);
   train      the same without any evaluation;
-  evaluate   online inference + VPQ of the latest checkpoint;
+  evaluate   online inference + VPQ and STQ of the latest checkpoint;
   predict    online inference on any folder of ordered frames
       (--config.predict.frames_dir=DIR): panoptic PNGs, pred.json with
       track ids, a colourised GIF and MP4;
@@ -83,7 +83,8 @@ def init_distributed() -> None:
 
 
 def run_example(config, workdir: str) -> dict:
-  """Synthetic data -> example prediction -> VPQ table and WORKDIR/vpq.json."""
+  """Synthetic data -> example prediction -> VPQ and STQ tables,
+  WORKDIR/vpq.json and WORKDIR/stq.json."""
   from data_pipeline import sources  # pylint: disable=g-import-not-at-top
   from eval import example  # pylint: disable=g-import-not-at-top
   from vpsnet_jax.errors import ConfigError  # pylint: disable=g-import-not-at-top
@@ -120,7 +121,8 @@ class EvaluationAfterTrainingError(RuntimeError):
 def train_and_evaluate(config, workdir: str, evaluate: bool = True) -> dict:
   """Training (with validation losses when `evaluate`), then the VPQ of the
   final model on process 0 (`inference.run.evaluate`: WORKDIR/predictions,
-  WORKDIR/vpq.json). Returns the training's dict plus "vpq" (or None)."""
+  WORKDIR/vpq.json, WORKDIR/stq.json). Returns the training's dict plus
+  "vpq" (or None; with the STQ under "stq")."""
   import jax  # pylint: disable=g-import-not-at-top
   from vpsnet_jax import experiment  # pylint: disable=g-import-not-at-top
   from vpsnet_jax.inference import run  # pylint: disable=g-import-not-at-top
@@ -181,7 +183,8 @@ def _main(argv):
     from vpsnet_jax.inference import run  # pylint: disable=g-import-not-at-top
     if FLAGS.mode == "evaluate":
       result = run.evaluate(FLAGS.config, FLAGS.workdir)
-      print(json.dumps({"vpq": result["vpq"]}, indent=2))
+      print(json.dumps({"vpq": result["vpq"],
+                        "stq": _stq_summary(result)}, indent=2))
     else:
       run.predict(FLAGS.config, FLAGS.workdir)
     return
@@ -200,8 +203,16 @@ def _main(argv):
   vpq = result.get("vpq")
   print(json.dumps({"step": result["step"], "train": result["train"],
                     "eval": result["eval"],
-                    "vpq": vpq["vpq"] if vpq else None}, indent=2))
+                    "vpq": vpq["vpq"] if vpq else None,
+                    "stq": _stq_summary(vpq)}, indent=2))
   shutdown_distributed()
+
+
+def _stq_summary(result):
+  """{"stq", "aq", "iou"} of an evaluation's result (None without one)."""
+  if not result or "stq" not in result:
+    return None
+  return {m: result["stq"][m] for m in ("stq", "aq", "iou")}
 
 
 def shutdown_distributed() -> None:

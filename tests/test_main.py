@@ -33,6 +33,15 @@ def test_main_example_mode_writes_predictions_and_vpq(tmp_path):
   assert (tmp_path / "data" / "panoptic_gt_val_city_vps.json").exists()
   assert len(os.listdir(tmp_path / "predictions" / "pan_pred")) == 6
   assert "VPQ (mean over k = 0, 5, 10, 15)" in proc.stdout
+  # STQ beside VPQ, as `python -m eval.stq` scores the same folder.
+  from eval import stq  # pylint: disable=g-import-not-at-top
+  written = json.loads((tmp_path / "stq.json").read_text())
+  direct = stq.evaluate_folder(
+      "cityscapes_vps", str(tmp_path / "data" / "val" / "panoptic_video"),
+      str(tmp_path / "predictions"),
+      str(tmp_path / "data" / "panoptic_gt_val_city_vps.json"))
+  assert written == json.loads(json.dumps(direct))
+  assert list(written["per_sequence"]) and 0 < written["aq"] < 100
 
 
 def test_main_rejects_unknown_config_field(tmp_path):

@@ -62,7 +62,7 @@ def test_main_trains_evaluates_and_writes_vpq(tmp_path):
   assert last < 0.8 * first, loss
   for tag in ("loss_mask", "loss_track", "learning_rate", "grad_norm",
               "images_per_sec", "steps_per_sec", "eval_semantic_miou",
-              "vpq/all", "vpq/k0/things"):
+              "vpq/all", "vpq/k0/things", "stq/stq", "stq/iou"):
     assert _scalars(str(tmp_path), tag), tag
   # The config's lr per 8 images, global batch 2 (2 devices x 1), warm-up
   # from 1/3.
@@ -90,6 +90,10 @@ def test_main_trains_evaluates_and_writes_vpq(tmp_path):
   pred = json.loads((tmp_path / "predictions" / "pred.json").read_text())
   assert len(pred["annotations"]) == 6
   assert "VPQ (mean over k = 0, 5, 10, 15)" in proc.stdout
+  stq = json.loads((tmp_path / "stq.json").read_text())
+  assert {"protocol", "stq", "aq", "iou", "per_sequence"} <= set(stq)
+  assert stq["protocol"] == "cityscapes_vps"
+  assert out["stq"]["stq"] == stq["stq"]
 
 
 def _config(**kw):

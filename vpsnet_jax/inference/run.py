@@ -1,8 +1,9 @@
 """Inference entry points (main.py's modes; notebooks call the same).
 
-  evaluate(config, workdir)   VPQ of the latest checkpoint on the validation
-                              split: predictions in WORKDIR/predictions,
-                              the table printed, WORKDIR/vpq.json, clu logs
+  evaluate(config, workdir)   VPQ and STQ of the latest checkpoint on the
+                              validation split: WORKDIR/predictions,
+                              the tables printed, WORKDIR/vpq.json and
+                              WORKDIR/stq.json, clu logs
   predict(config, workdir)    any folder of ordered frames
                               (config.predict.frames_dir): panoptic PNGs,
                               pred.json with track ids, a colourised GIF
@@ -99,10 +100,12 @@ def build_model(config, meta, variables=None, workdir: Optional[str] = None,
 def score_predictions(config, workdir: str,
                       gt_json: str, gt_dir: str, pred_dir: str,
                       progress: bool = True) -> dict:
-  """VPQ of a prediction folder (`pred.json` + `pan_pred/`) against the
-  ground truth under `config.eval.protocol` at `config.eval.ks` and
-  `config.eval.stride`: prints the table and writes `WORKDIR/vpq.json`;
-  returns `eval.vpq`'s result."""
+  """VPQ and STQ of a prediction folder (`pred.json` + `pan_pred/`) against
+  the ground truth under `config.eval.protocol` (VPQ at `config.eval.ks`
+  and `config.eval.stride`): prints both tables and writes
+  `WORKDIR/vpq.json` and `WORKDIR/stq.json`; returns `eval.vpq`'s result
+  with `eval.stq`'s under "stq"."""
+  from eval import stq  # pylint: disable=g-import-not-at-top
   from eval import vpq  # pylint: disable=g-import-not-at-top
   details = {}
   result = vpq.evaluate_folder(gt_json, gt_dir, pred_dir, ks=config.eval.ks,
@@ -113,8 +116,14 @@ def score_predictions(config, workdir: str,
   out = os.path.join(workdir, "vpq.json")
   with open(out, "w") as f:
     json.dump(result, f, indent=2)
-  print(f"Predictions in {pred_dir}; VPQ written to {out}")
-  return result
+  stq_result = stq.evaluate_folder(config.eval.protocol, gt_dir, pred_dir,
+                                   gt_json, progress=progress)
+  print(stq.format_table(stq_result))
+  stq_out = os.path.join(workdir, "stq.json")
+  with open(stq_out, "w") as f:
+    json.dump(stq_result, f, indent=2)
+  print(f"Predictions in {pred_dir}; VPQ written to {out}, STQ to {stq_out}")
+  return dict(result, stq=stq_result)
 
 
 def evaluate(config, workdir: str, variables=None, step: Optional[int] = None,
@@ -131,11 +140,12 @@ def evaluate(config, workdir: str, variables=None, step: Optional[int] = None,
       checkpoint's, else 0).
     progress: progress bars.
     writer: the clu metric writer for the scores (vpq/k{k}/{all,things,
-      stuff} and vpq/{all,things,stuff}); default: a new one in `workdir`.
+      stuff}, vpq/{all,things,stuff} and stq/{stq,aq,iou}); default: a new
+      one in `workdir`.
 
   Returns:
-    `eval.vpq`'s result dict plus "inference" (frames, seconds, per-stage
-    seconds).
+    `eval.vpq`'s result dict plus "stq" (`eval.stq`'s, also in
+    WORKDIR/stq.json) and "inference" (frames, seconds, per-stage seconds).
   """
   validate(config)
   meta = sources.meta(config)
@@ -162,6 +172,8 @@ def evaluate(config, workdir: str, variables=None, step: Optional[int] = None,
   scalars = {f"vpq/{g}": result["vpq"][g] for g in result["vpq"]}
   for k, r in result["k"].items():
     scalars.update({f"vpq/k{k}/{g}": r[g] for g in ("all", "things", "stuff")})
+  scalars.update({f"stq/{m}": result["stq"][m] for m in ("stq", "aq", "iou")
+                  if result["stq"][m] is not None})
   writer.write_scalars(step or 0, scalars)
   writer.flush()
   return dict(result, inference=stats)
