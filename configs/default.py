@@ -28,6 +28,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.dataset.name = "vps_synthetic"
   # The folder in the Cityscapes-VPS layout. Empty: WORKDIR/data.
   config.dataset.data_dir = ""
+  # An evaluation subset of the validation split: "" (all of it) or, for
+  # viper, "paper" (the paper's 10 day videos x their first 60 frames;
+  # data_pipeline.viper).
+  config.dataset.subset = ""
   # The built-in dataset's size (used when dataset.name == "vps_synthetic";
   # written to data_dir on first use when that folder is empty).
   config.dataset.synthetic = ml_collections.ConfigDict()

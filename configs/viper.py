@@ -11,7 +11,9 @@ splits. Steps are derived from the prepared training split's size.
 `--mode=evaluate` scores with the release's VIPER protocol (`eval.vpq
 --protocol viper`: every frame annotated, windows of 1, 5, 10 and 15 frames,
 ground-truth tubes under 32 x 32 pixels skipped, "mobilebarrier" left out
-of the averages).
+of the averages) on the paper's evaluation subset of val_day (10 videos,
+their first 60 frames: `config.dataset.subset = "paper"`; set it to "" for
+all of val_day).
 """
 
 import ml_collections
@@ -26,4 +28,5 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval.protocol = "viper"
   config.eval.ks = (1, 5, 10, 15)
   config.eval.stride = None
+  config.dataset.subset = "paper"
   return config

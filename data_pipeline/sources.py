@@ -180,8 +180,15 @@ def open_split(config, workdir: str, split: str
     split = spec.val_split
   if spec.generated:
     ensure_synthetic(config, root)
+  subset = config.dataset.get("subset", "")
+  if subset and name != "viper":
+    raise ConfigError(f"config.dataset.subset={subset!r}: only viper has "
+                      "evaluation subsets")
   try:
-    reader = spec.load().reader(root, split)
+    if subset and split == spec.val_split:
+      reader = spec.load().reader(root, split, subset=subset)
+    else:
+      reader = spec.load().reader(root, split)
   except (FileNotFoundError, ValueError) as e:
     if spec.generated:
       raise ConfigError(

@@ -20,6 +20,7 @@ id 1..999 that names the same object in every frame of its video (0 for stuff
 and crowd regions). Problems with the folder raise FileNotFoundError or
 ValueError naming the offending file; nothing is guessed.
 """
+import collections
 import dataclasses
 import json
 import os
@@ -176,7 +177,17 @@ class VpsReader:
   file must exist and every JSON must have the expected fields.
   """
 
-  def __init__(self, root: str, layout: Layout, meta: metadata.DatasetMeta):
+  def __init__(self, root: str, layout: Layout, meta: metadata.DatasetMeta,
+               subset: Optional[Tuple[int, int]] = None):
+    """Args:
+      root: the dataset folder.
+      layout: where the split's files are.
+      meta: the dataset's classes.
+      subset: (V, F): only the first V videos (by id) and the first F
+        annotated frames of each (by frame index), as the paper's VIPER
+        evaluation; a split with fewer videos, or a kept video with fewer
+        annotated frames, is an error. None: everything.
+    """
     if not os.path.isdir(root):
       raise FileNotFoundError(f"Dataset root is not a directory: {root}")
     if layout.panoptic_json and layout.instances_json:
@@ -189,6 +200,12 @@ class VpsReader:
     self._instance_anns: Dict[str, List[Dict[str, Any]]] = {}
     self._tracks: Dict[int, Dict[int, int]] = {}  # video -> source id -> track
     annotated = self._read_annotations()
+    self.subset = subset
+    if subset is not None and layout.all_images_json:
+      raise ValueError(f"a subset of split {layout.split!r} is not offered: "
+                       "it lists unannotated frames too")
+    if subset is not None:
+      annotated = self._select(annotated, *subset)
     self._read_frames(annotated)
     self._assign_tracks()
 
@@ -282,6 +299,53 @@ class VpsReader:
       for iid, h, w, name in _image_list(self._path(lay.annotated_json)):
         annotated[iid] = (h, w, name)
     return annotated
+
+  def _select(self, annotated, num_videos: int, num_frames: int):
+    """The first `num_videos` videos' first `num_frames` annotated frames."""
+    source = self._path(self.layout.panoptic_json or
+                        self.layout.instances_json or
+                        self.layout.annotated_json or "")
+    by_video = collections.defaultdict(list)
+    for iid in annotated:
+      m = _NAME.match(iid)
+      by_video[int(m.group(1))].append((int(m.group(2)), iid))
+    videos = sorted(by_video)
+    if len(videos) < num_videos:
+      raise ValueError(f"{source}: the subset takes the first {num_videos} "
+                       f"videos, but split {self.layout.split!r} has "
+                       f"{len(videos)}")
+    keep = set()
+    for v in videos[:num_videos]:
+      frames = sorted(by_video[v])
+      if len(frames) < num_frames:
+        raise ValueError(f"{source}: the subset takes the first {num_frames} "
+                         f"annotated frames of each video, but video {v:04d} "
+                         f"has {len(frames)}")
+      keep.update(iid for _, iid in frames[:num_frames])
+    for table in (self._panoptic_anns, self._instance_anns):
+      for iid in list(table):
+        if iid not in keep:
+          del table[iid]
+    return {iid: v for iid, v in annotated.items() if iid in keep}
+
+  def write_panoptic_json(self, path: str) -> str:
+    """Writes the split's panoptic ground truth, restricted to the frames
+    this reader holds (its subset), for the evaluators; returns `path`."""
+    if not self.layout.panoptic_json:
+      raise ValueError(f"split {self.layout.split!r} has no panoptic JSON")
+    src = self._path(self.layout.panoptic_json)
+    data = _load_json(src, ("images", "annotations", "categories"))
+    images = [im for im in data["images"]
+              if image_id_of(im["file_name"], src) in self._frames]
+    kept = {im["id"] for im in images}
+    out = dict(data, images=images,
+               annotations=[a for a in data["annotations"]
+                            if a["image_id"] in kept])
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+      json.dump(out, f)
+    os.replace(tmp, path)
+    return path
 
   @staticmethod
   def _mask_name(image_file: str) -> str:

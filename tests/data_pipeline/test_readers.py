@@ -146,6 +146,66 @@ def test_viper_train_and_val(viper_root):
   assert rows[18002]["category_id"] == 18 and rows[0]["category_id"] == 0
 
 
+def test_viper_evaluation_subset(viper_root, tmp_path):
+  """The paper's subset: the first V videos' first F annotated frames, and
+  a ground-truth JSON of exactly those frames for the evaluators."""
+  from eval import layout as eval_layout  # pylint: disable=g-import-not-at-top
+  assert viper.SUBSETS["paper"] == (10, 60)
+  r = vps_reader.VpsReader(viper_root, viper.layout("val_day"), viper.META,
+                           subset=(1, 1))
+  assert {v: [f.frame_index for f in fs] for v, fs in r.videos().items()} == {
+      2: [5]}
+  gt_json = r.write_panoptic_json(str(tmp_path / "gt.json"))
+  data = json.loads(open(gt_json).read())
+  assert [a["image_id"] for a in data["annotations"]] == [
+      "0002_0005_tinytown_000000_000005"]
+  assert len(data["images"]) == 1 and data["categories"]
+  # The evaluators' planner accepts it with a prediction of that frame only.
+  pred = tmp_path / "pred"
+  os.makedirs(pred / "pan_pred")
+  ann = data["annotations"][0]
+  shutil.copy(os.path.join(viper_root, "val_day/panoptic_video",
+                           ann["file_name"]),
+              pred / "pan_pred" / (ann["image_id"] + ".png"))
+  (pred / "pred.json").write_text(json.dumps({"annotations": [ann]}))
+  plan = eval_layout.plan_videos(
+      gt_json, os.path.join(viper_root, "val_day/panoptic_video"), str(pred))
+  assert [[f.name for f in v] for v in plan.videos] == [[ann["image_id"]]]
+  with pytest.raises(ValueError, match="first 2 videos, but split "
+                     "'val_day' has 1"):
+    vps_reader.VpsReader(viper_root, viper.layout("val_day"), viper.META,
+                         subset=(2, 1))
+  with pytest.raises(ValueError, match="first 3 annotated frames of each "
+                     "video, but video 0002 has 2"):
+    vps_reader.VpsReader(viper_root, viper.layout("val_day"), viper.META,
+                         subset=(1, 3))
+  # The paper's subset needs 10 videos: named, not silently smaller.
+  with pytest.raises(ValueError, match="first 10 videos"):
+    viper.reader(viper_root, "val_day", subset="paper")
+  with pytest.raises(ValueError, match="unknown VIPER subset"):
+    viper.reader(viper_root, "val_day", subset="all")
+  with pytest.raises(ValueError, match="of val_day, not 'train'"):
+    viper.reader(viper_root, "train", subset="paper")
+
+
+def test_viper_config_subset_reaches_the_validation_reader(viper_root,
+                                                           tmp_path):
+  import importlib  # pylint: disable=g-import-not-at-top
+  from data_pipeline import sources  # pylint: disable=g-import-not-at-top
+  config = importlib.import_module("configs.viper").get_config()
+  assert config.dataset.subset == "paper"
+  config.dataset.data_dir = viper_root
+  # The training split is whole; the validation split is the paper's
+  # subset, which the tiny folder cannot hold.
+  source, _ = sources.open_split(config, str(tmp_path), "train")
+  assert source.reader.subset is None
+  with pytest.raises(ValueError, match="first 10 videos"):
+    sources.open_split(config, str(tmp_path), "val")
+  config.dataset.subset = ""
+  source, _ = sources.open_split(config, str(tmp_path), "val")
+  assert len(source) == 2
+
+
 # --- Malformed folders ------------------------------------------------------
 
 

@@ -110,6 +110,8 @@ def _config(**kw):
     ({"dataset.name": "viper"}, ValueError,
      "flow='ground_truth' needs the exact motion of vps_synthetic"),
     ({"tracker": "sort"}, ValueError, "config.tracker must be one of"),
+    ({"dataset.subset": "paper"}, ValueError,
+     "only viper has evaluation subsets"),
     ({"variant": "fuse"}, ValueError,
      "tracker='track_head' needs a variant with the track head"),
 ])

@@ -156,6 +156,11 @@ def evaluate(config, workdir: str, variables=None, step: Optional[int] = None,
                      "panoptic ground truth for VPQ")
   root = source.reader.root
   gt_json = os.path.join(root, layout.panoptic_json)
+  if getattr(source.reader, "subset", None) is not None:
+    # The evaluators read the ground truth of the subset's frames only.
+    os.makedirs(workdir, exist_ok=True)
+    gt_json = source.reader.write_panoptic_json(
+        os.path.join(workdir, "ground_truth_subset.json"))
   gt_dir = os.path.join(root, layout.panoptic_dir)
   model, loaded_step = build_model(config, meta, variables, workdir)
   if step is None:
