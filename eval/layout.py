@@ -40,9 +40,8 @@ import os
 from typing import Any, Iterator, Mapping, Optional, Sequence
 
 import numpy as np
-from PIL import Image
 
-from eval.common import Frame, VPQInputError, rgb_to_ids
+from eval.common import Frame, VPQInputError, read_rgb_png, rgb_to_ids
 
 
 @dataclasses.dataclass(frozen=True)
@@ -255,16 +254,7 @@ def _check_areas(spec: FrameSpec, gt: np.ndarray):
 
 def read_id_png(path: str) -> np.ndarray:
   """Reads an RGB PNG of segment ids as (H, W, 3) uint8."""
-  try:
-    with Image.open(path) as img:
-      if img.mode != "RGB":
-        raise VPQInputError(f"{path}: expected an RGB PNG of segment ids "
-                            f"(id = R + 256 G + 65536 B), got mode {img.mode}")
-      return np.asarray(img)
-  except VPQInputError:
-    raise
-  except Exception as e:  # PIL raises many types for corrupt files.
-    raise VPQInputError(f"{path}: unreadable PNG: {e}") from e
+  return read_rgb_png(path, "segment ids, id = R + 256 G + 65536 B")
 
 
 def load_frame(spec: FrameSpec) -> Frame:
