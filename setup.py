@@ -67,6 +67,8 @@ setuptools.setup(
         include=["vpsnet_jax", "vpsnet_jax.*", "data_pipeline",
                  "data_pipeline.*", "eval", "eval.*"]),
     install_requires=INSTALL_REQUIRES,
-    extras_require={"test": TEST_REQUIRES, "notebooks": NOTEBOOK_REQUIRES},
+    extras_require={"test": TEST_REQUIRES, "notebooks": NOTEBOOK_REQUIRES,
+                    # benchmarks/vpq_eval.py's image-PQ comparison only.
+                    "benchmarks": ["hotcoco>=1.3,<2"]},
     license="Apache-2.0",
 )
