@@ -15,7 +15,7 @@ each as a fresh process (imports, compilation and PNG decoding count):
 * the peak RSS of `python -m eval.vpq` on half and on all the videos.
 
     python benchmarks/vpq_eval.py [--videos 50] [--height 1024 --width 2048]
-        [--skip_reference]
+        [--skip_reference] [--skip_hotcoco]
 
 The last line is `vpq_time_ratio_vs_hotcoco=<ours / hotcoco's seconds>`
 (target: at most 1.5).
@@ -159,12 +159,14 @@ def main():
   parser.add_argument("--width", type=int, default=2048)
   parser.add_argument("--skip_reference", action="store_true",
                       help="leave out the (slow) NumPy reference")
+  parser.add_argument("--skip_hotcoco", action="store_true",
+                      help="leave out hotcoco (the last line is then nan)")
   args = parser.parse_args()
   coco = shutil.which("coco") or os.path.join(os.path.dirname(
       sys.executable), "coco")
-  if not os.path.exists(coco):
+  if not args.skip_hotcoco and not os.path.exists(coco):
     sys.exit("hotcoco's `coco` command is missing: pip install -e "
-             "'.[benchmarks]' (or pip install hotcoco)")
+             "'.[benchmarks]' (or pip install hotcoco), or --skip_hotcoco")
 
   with tempfile.TemporaryDirectory() as tmp:
     root = pathlib.Path(tmp)
@@ -177,17 +179,21 @@ def main():
     ours_cmd = [sys.executable, "-m", "eval.vpq", "--gt_json", paths[0],
                 "--gt_dir", paths[1], "--pred_dir", paths[2],
                 "--output", str(out_json)]
-    coco_paths = _coco_panoptic(paths, root)
-    coco_cmd = [coco, "panoptic", "eval", "--gt", coco_paths[0],
-                "--pred", coco_paths[1], "--gt-folder", coco_paths[2],
-                "--pred-folder", coco_paths[3], "--json"]
+    coco_cmd = None
+    if not args.skip_hotcoco:
+      coco_paths = _coco_panoptic(paths, root)
+      coco_cmd = [coco, "panoptic", "eval", "--gt", coco_paths[0],
+                  "--pred", coco_paths[1], "--gt-folder", coco_paths[2],
+                  "--pred-folder", coco_paths[3], "--json"]
     # Warm the file cache and the interpreter's bytecode for every command.
     _run([sys.executable, "-c", "import eval.vpq"])
 
     ours_s, _ = _run(ours_cmd)
     ours = json.loads(out_json.read_text())
-    coco_s, coco_out = _run(coco_cmd)
-    coco_pq = _hotcoco_pq(coco_out)
+    coco_s = coco_pq = None
+    if coco_cmd:
+      coco_s, coco_out = _run(coco_cmd)
+      coco_pq = _hotcoco_pq(coco_out)
     import_s, _ = _run([sys.executable, "-c", "import eval.vpq"])
     ref_s = None
     if not args.skip_reference:
@@ -208,7 +214,7 @@ def main():
                       half_paths[0], "--gt_dir", paths[1], "--pred_dir",
                       paths[2]])
     mem_full = _peak(ours_cmd)
-    mem_coco = _peak(coco_cmd)
+    mem_coco = _peak(coco_cmd) if coco_cmd else None
 
   frames = 6 * args.videos
   print(f"\nVPQ evaluation as whole processes: {args.videos} videos, "
@@ -219,19 +225,22 @@ def main():
         f"{mem_full:12.0f}")
   label = "  of which: python -c 'import eval.vpq'"
   print(f"{label:44} {import_s:8.2f}")
-  print(f"{'hotcoco coco panoptic eval (image PQ only)':44} {coco_s:8.2f} "
-        f"{mem_coco:12.0f}")
+  if coco_cmd:
+    print(f"{'hotcoco coco panoptic eval (image PQ only)':44} {coco_s:8.2f} "
+          f"{mem_coco:12.0f}")
   if ref_s is not None:
     print(f"{'NumPy reference, per window (same numbers)':44} {ref_s:8.2f}")
   print(f"peak RSS of python -m eval.vpq: {mem_half:.0f} MB on {half} "
         f"videos, {mem_full:.0f} MB on {args.videos}")
-  print(f"image PQ (all): ours k = 0 {ours['k']['0']['all']:.4f}, "
-        f"hotcoco {coco_pq:.4f}")
+  if coco_cmd:
+    print(f"image PQ (all): ours k = 0 {ours['k']['0']['all']:.4f}, "
+          f"hotcoco {coco_pq:.4f}")
   print(f"VPQ all/things/stuff: {ours['vpq']['all']:.2f} / "
         f"{ours['vpq']['things']:.2f} / {ours['vpq']['stuff']:.2f}")
   if ref_s is not None:
     print(f"speedup_vs_numpy_reference={ref_s / ours_s:.2f}")
-  print(f"vpq_time_ratio_vs_hotcoco={ours_s / coco_s:.2f}")
+  ratio = ours_s / coco_s if coco_cmd else float("nan")
+  print(f"vpq_time_ratio_vs_hotcoco={ratio:.2f}")
 
 
 def _hotcoco_pq(stdout: str) -> float:
