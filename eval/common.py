@@ -63,6 +63,48 @@ class VPQInputError(ValueError):
   segment."""
 
 
+# Segment ids are RGB-encoded in PNGs (id = R + 256 G + 65536 B).
+ID_LIMIT = 1 << 24
+
+
+def segment_table(segments: Sequence[Mapping[str, Any]],
+                  category_pos: Mapping[Any, int], *, pred: bool, where: str,
+                  image: str):
+  """Validated ids (S,) int64, category positions (S,) int64 and crowd
+  flags (S,) bool of one frame's segment table (predictions are never
+  crowd), in the table's order.
+
+  Raises:
+    VPQInputError: a malformed segment, an id outside [1, ID_LIMIT), an
+      unknown category or an id listed twice, naming `where` and `image`.
+  """
+  what = "prediction" if pred else "ground truth"
+  ids, cats, crowd = [], [], []
+  for seg in segments:
+    try:
+      sid, cid = int(seg["id"]), seg["category_id"]
+    except (KeyError, TypeError, ValueError) as e:
+      raise VPQInputError(
+          f"{where}: malformed {what} segment {seg} of image "
+          f"{image}: needs 'id' and 'category_id'") from e
+    if not 0 < sid < ID_LIMIT:
+      raise VPQInputError(f"{where}: {what} segment id {sid} of image "
+                          f"{image} is outside [1, {ID_LIMIT}) "
+                          "(0 is void; ids are RGB-encoded)")
+    if cid not in category_pos:
+      raise VPQInputError(f"{where}: {what} segment {sid} of image "
+                          f"{image} has unknown category_id {cid}")
+    ids.append(sid)
+    cats.append(category_pos[cid])
+    crowd.append(bool(seg.get("iscrowd", 0)) and not pred)
+  ids = np.asarray(ids, np.int64)
+  if len(np.unique(ids)) != len(ids):
+    dup = sorted(set(i for i in ids.tolist() if ids.tolist().count(i) > 1))
+    raise VPQInputError(f"{where}: {what} segment ids {dup} appear twice in "
+                        f"the segment table of image {image}")
+  return ids, np.asarray(cats, np.int64), np.asarray(crowd, bool)
+
+
 @dataclasses.dataclass(frozen=True)
 class Frame:
   """One annotated frame of a video, with its prediction.

@@ -19,8 +19,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-# Segment ids are RGB-encoded in PNGs (id = R + 256 G + 65536 B).
-ID_LIMIT = 1 << 24
+from eval import common
+
+ID_LIMIT = common.ID_LIMIT
 # Marks padding in id tables; out of range of the look-up table, so dropped.
 _PAD_ID = ID_LIMIT
 _MIN_BUCKET = 16

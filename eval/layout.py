@@ -85,9 +85,10 @@ def _require(obj: Mapping, keys: Sequence[str], where: str):
     raise VPQInputError(f"{where}: missing key(s) {missing}")
 
 
-def plan_videos(gt_json: str, gt_dir: str, pred_dir: str,
-                pred_json: Optional[str] = None) -> Plan:
-  """Validates the layout and lists every video's frames, without decoding."""
+def _open_layout(gt_json: str, gt_dir: str, pred_dir: str,
+                 pred_json: Optional[str], gt_keys: Sequence[str]):
+  """(gt, pred, pan_pred folder, prediction JSON path) of either layout,
+  the folders, the JSONs' top-level keys and the categories checked."""
   if not os.path.isdir(gt_dir):
     raise FileNotFoundError(f"ground-truth PNG folder not found: {gt_dir}")
   pred_png_dir = os.path.join(pred_dir, "pan_pred")
@@ -95,12 +96,19 @@ def plan_videos(gt_json: str, gt_dir: str, pred_dir: str,
     raise FileNotFoundError(f"prediction PNG folder not found: {pred_png_dir}")
   pred_json = pred_json or os.path.join(pred_dir, "pred.json")
   gt = _load_json(gt_json, "ground-truth")
-  _require(gt, ("annotations", "categories"), gt_json)
+  _require(gt, gt_keys, gt_json)
   pred = _load_json(pred_json, "prediction")
   _require(pred, ("annotations",), pred_json)
-
   for i, cat in enumerate(gt["categories"]):
     _require(cat, ("id", "isthing"), f"{gt_json}: categories[{i}]")
+  return gt, pred, pred_png_dir, pred_json
+
+
+def plan_videos(gt_json: str, gt_dir: str, pred_dir: str,
+                pred_json: Optional[str] = None) -> Plan:
+  """Validates the layout and lists every video's frames, without decoding."""
+  gt, pred, pred_png_dir, pred_json = _open_layout(
+      gt_json, gt_dir, pred_dir, pred_json, ("annotations", "categories"))
   preds = {}
   for i, ann in enumerate(pred["annotations"]):
     _require(ann, ("image_id", "segments_info"),
@@ -180,18 +188,9 @@ def plan_vipseg(gt_json: str, gt_dir: str, pred_dir: str,
   Returns:
     The plan; frames named `<video_id>/<image_id>`.
   """
-  if not os.path.isdir(gt_dir):
-    raise FileNotFoundError(f"ground-truth PNG folder not found: {gt_dir}")
-  pred_png_dir = os.path.join(pred_dir, "pan_pred")
-  if not os.path.isdir(pred_png_dir):
-    raise FileNotFoundError(f"prediction PNG folder not found: {pred_png_dir}")
-  pred_json = pred_json or os.path.join(pred_dir, "pred.json")
-  gt = _load_json(gt_json, "ground-truth")
-  _require(gt, ("videos", "annotations", "categories"), gt_json)
-  pred = _load_json(pred_json, "prediction")
-  _require(pred, ("annotations",), pred_json)
-  for i, cat in enumerate(gt["categories"]):
-    _require(cat, ("id", "isthing"), f"{gt_json}: categories[{i}]")
+  gt, pred, pred_png_dir, pred_json = _open_layout(
+      gt_json, gt_dir, pred_dir, pred_json,
+      ("videos", "annotations", "categories"))
 
   gt_videos = _video_list(gt, "videos", gt_json)
   gt_anns = _video_list(gt, "annotations", gt_json)

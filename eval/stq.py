@@ -67,6 +67,7 @@ import tqdm
 from eval import confusion as confusion_lib
 from eval import layout
 from eval import protocols as protocols_lib
+from eval import common
 from eval.common import VPQInputError, read_rgb_png
 
 PROTOCOLS = ("cityscapes_vps", "viper", "vipseg", "kitti_step")
@@ -84,8 +85,9 @@ class LabelledFrame:
 
   Attributes:
     name: the frame, for error messages.
-    gt, pred: (H, W) int32 segment ids (each pixel belongs to exactly one
-      segment; id 0 is a segment like any other here).
+    gt, pred: (H, W) int32 segment ids or (H, W, 3) uint8 RGB-encoded ids
+      (id = R + 256 G + 65536 B); each pixel belongs to exactly one segment,
+      id 0 being a segment like any other here.
     gt_semantic, gt_instance: (G,) the semantic class (0..C-1, C = void) and
       instance id of each ground-truth segment id in `gt_ids`.
     gt_ids: (G,) sorted int64 ids of the ground-truth segments.
@@ -210,6 +212,8 @@ class STQEvaluator:
       gt = int(unk_gt) > 0
       pixels, ids = (frame.gt, frame.gt_ids) if gt else (frame.pred,
                                                          frame.pred_ids)
+      if pixels.ndim == 3:
+        pixels = common.rgb_to_ids(pixels)
       extra = np.setdiff1d(np.unique(pixels), np.append(ids, 0))
       what = "ground truth" if gt else "prediction"
       src = (frame.gt_source if gt else frame.pred_source) or frame.name
@@ -221,12 +225,11 @@ class STQEvaluator:
     rows = np.searchsorted(np.append(0, gt_rest), frame.gt_ids)
     cols = np.searchsorted(np.append(0, pred_rest), frame.pred_ids)
     out = counts[rows][:, cols]
-    if 0 not in frame.gt_ids or 0 not in frame.pred_ids:
-      # Id 0 is not a segment of this frame: it must not occur.
-      if (0 not in frame.gt_ids and counts[0].sum()) or (
-          0 not in frame.pred_ids and counts[:, 0].sum()):
-        gt = 0 not in frame.gt_ids and counts[0].sum()
-        src = (frame.gt_source if gt else frame.pred_source) or frame.name
+    # Pixels of id 0 where id 0 is not a segment of the frame.
+    for is_gt, ids, area in ((True, frame.gt_ids, counts[0].sum()),
+                             (False, frame.pred_ids, counts[:, 0].sum())):
+      if area and 0 not in ids:
+        src = (frame.gt_source if is_gt else frame.pred_source) or frame.name
         raise VPQInputError(f"{src}: segment id 0 is in the PNG but not in "
                             f"the segment table of frame {frame.name}")
     return out.astype(np.int64)
@@ -284,33 +287,17 @@ class STQEvaluator:
 # ----------------------------------------------------------------- folders
 
 
-def _segment_labels(segments, category_pos, is_thing, pred, where):
-  """Ids, semantic positions and instance ids of a panoptic segment table."""
-  ids, sem, inst = [0], [len(category_pos)], [0]  # id 0: void
-  for seg in segments:
-    try:
-      sid, cid = int(seg["id"]), seg["category_id"]
-    except (KeyError, TypeError, ValueError) as e:
-      raise VPQInputError(f"{where}: malformed segment {seg}: needs 'id' "
-                          "and 'category_id'") from e
-    if not 0 < sid < confusion_lib.ID_LIMIT:
-      raise VPQInputError(f"{where}: segment id {sid} is outside [1, "
-                          f"{confusion_lib.ID_LIMIT}) (0 is void)")
-    if cid not in category_pos:
-      raise VPQInputError(f"{where}: segment {sid} has unknown category_id "
-                          f"{cid}")
-    pos = category_pos[cid]
-    crowd = bool(seg.get("iscrowd", 0)) and not pred
-    ids.append(sid)
-    sem.append(pos)
-    inst.append(sid if is_thing[pos] and not crowd else 0)
-  ids = np.asarray(ids, np.int64)
-  if len(np.unique(ids)) != len(ids):
-    raise VPQInputError(f"{where}: a segment id appears twice in the "
-                        "segment table")
+def _segment_labels(segments, category_pos, is_thing, pred, where, image):
+  """Sorted ids, semantic positions and instance ids of a panoptic segment
+  table, with id 0 (void) added as the semantic class C."""
+  ids, sem, crowd = common.segment_table(segments, category_pos, pred=pred,
+                                         where=where, image=image)
+  inst = np.where(np.asarray(is_thing, bool)[sem] & ~crowd, ids, 0)
+  ids = np.append(0, ids)
+  sem = np.append(len(category_pos), sem)
+  inst = np.append(0, inst)
   order = np.argsort(ids)
-  return (ids[order], np.asarray(sem, np.int64)[order],
-          np.asarray(inst, np.int64)[order])
+  return ids[order], sem[order], inst[order].astype(np.int64)
 
 
 def _panoptic_frames(protocol: str, gt_json: str, gt_dir: str, pred_dir: str,
@@ -329,13 +316,14 @@ def _panoptic_frames(protocol: str, gt_json: str, gt_dir: str, pred_dir: str,
   def load(spec):
     frame = layout.load_frame(spec)
     gt_ids, gt_sem, gt_inst = _segment_labels(
-        spec.gt_segments, category_pos, is_thing, False,
-        f"{spec.gt_path}: image {spec.name}")
+        spec.gt_segments, category_pos, is_thing, False, spec.gt_path,
+        spec.name)
     pred_ids, pred_sem, pred_inst = _segment_labels(
-        spec.pred_segments, category_pos, is_thing, True,
-        f"{spec.pred_path}: image {spec.name}")
+        spec.pred_segments, category_pos, is_thing, True, spec.pred_path,
+        spec.name)
+    # The RGB-encoded PNGs go to the jitted counting as they are.
     return LabelledFrame(
-        spec.name, _ids(frame.gt), _ids(frame.pred), gt_ids, gt_sem, gt_inst,
+        spec.name, frame.gt, frame.pred, gt_ids, gt_sem, gt_inst,
         pred_ids, pred_sem, pred_inst, spec.gt_path, spec.pred_path)
 
   sequences = []
@@ -344,12 +332,6 @@ def _panoptic_frames(protocol: str, gt_json: str, gt_dir: str, pred_dir: str,
            else video[0].name.split("/")[0])
     sequences.append((seq, [(load, s) for s in video]))
   return len(cats), things, sequences
-
-
-def _ids(rgb: np.ndarray) -> np.ndarray:
-  """(H, W, 3) uint8 RGB-encoded ids -> (H, W) int32."""
-  rgb = rgb.astype(np.int32)
-  return rgb[..., 0] + 256 * rgb[..., 1] + 65536 * rgb[..., 2]
 
 
 def read_kitti_step_png(path: str) -> np.ndarray:

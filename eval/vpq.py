@@ -79,33 +79,11 @@ class _VideoEvaluator:
 
   def _table(self, frame: Frame, pred: bool):
     """Validated ids (S,), category positions (S,), crowd flags (S,)."""
-    segments = frame.pred_segments if pred else frame.gt_segments
-    what = "prediction" if pred else "ground truth"
-    where = (frame.pred_source if pred else frame.gt_source) or frame.name
-    ids, cats, crowd = [], [], []
-    for seg in segments:
-      try:
-        sid, cid = int(seg["id"]), seg["category_id"]
-      except (KeyError, TypeError, ValueError) as e:
-        raise VPQInputError(
-            f"{where}: malformed {what} segment {seg} of image "
-            f"{frame.name}: needs 'id' and 'category_id'") from e
-      if not 0 < sid < ID_LIMIT:
-        raise VPQInputError(f"{where}: {what} segment id {sid} of image "
-                            f"{frame.name} is outside [1, {ID_LIMIT}) "
-                            "(0 is void; ids are RGB-encoded)")
-      if cid not in self.category_pos:
-        raise VPQInputError(f"{where}: {what} segment {sid} of image "
-                            f"{frame.name} has unknown category_id {cid}")
-      ids.append(sid)
-      cats.append(self.category_pos[cid])
-      crowd.append(bool(seg.get("iscrowd", 0)) and not pred)
-    ids = np.asarray(ids, np.int64)
-    if len(np.unique(ids)) != len(ids):
-      dup = sorted(set(i for i in ids.tolist() if ids.tolist().count(i) > 1))
-      raise VPQInputError(f"{where}: {what} segment ids {dup} appear twice in "
-                          f"the segment table of image {frame.name}")
-    return ids, np.asarray(cats, np.int64), np.asarray(crowd, bool)
+    return common.segment_table(
+        frame.pred_segments if pred else frame.gt_segments,
+        self.category_pos, pred=pred,
+        where=(frame.pred_source if pred else frame.gt_source) or frame.name,
+        image=frame.name)
 
   @staticmethod
   def _check_pixels(frame: Frame):
