@@ -94,9 +94,7 @@ def run_example(config, workdir: str) -> dict:
     raise ConfigError("--mode=example runs on the built-in vps_synthetic "
                       f"data; config.dataset.name is {config.dataset.name!r}")
   source, _ = sources.open_split(config, workdir, "val")
-  root, layout = source.reader.root, source.reader.layout
-  gt_json = os.path.join(root, layout.panoptic_json)
-  gt_dir = os.path.join(root, layout.panoptic_dir)
+  gt_json, gt_dir = source.reader.evaluation_ground_truth(workdir)
   pred_dir = os.path.join(workdir, "predictions")
   example.write_example_predictions(
       gt_json, gt_dir, pred_dir, seed=config.seed,

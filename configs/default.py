@@ -166,10 +166,12 @@ def get_config() -> ml_collections.ConfigDict:
   # 0: no profile.
   config.profile_steps = 0
 
-  # Video panoptic quality (eval.vpq): the benchmark's protocol
-  # (eval/protocols.py: cityscapes_vps, viper, vipseg), its window sizes
-  # and, for cityscapes_vps only, the annotation stride lambda in raw frames
-  # (None for the protocols whose windows count annotated frames).
+  # Evaluation: the benchmark's protocol (eval/protocols.py for VPQ:
+  # cityscapes_vps, viper, vipseg; kitti_step: STQ alone, eval/stq.py),
+  # which must read the dataset's prediction layout (data_pipeline.sources),
+  # the VPQ window sizes and, for cityscapes_vps only, the annotation
+  # stride lambda in raw frames (None for the protocols whose windows count
+  # annotated frames). STQ is reported beside VPQ for every protocol.
   config.eval = ml_collections.ConfigDict()
   config.eval.protocol = "cityscapes_vps"
   config.eval.ks = (0, 5, 10, 15)

@@ -98,7 +98,7 @@ class CityscapesReader(vps_reader.VpsReader):
     lay = self.layout
     path, data = self._load_coco(
         lay.panoptic_json, ("image_id", "file_name", "segments_info"))
-    require = vps_reader._require_fields  # pylint: disable=protected-access
+    require = vps_reader.require_fields
     annotated = {}
     for im in data["images"]:
       iid = str(im["id"])

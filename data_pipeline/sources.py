@@ -36,12 +36,16 @@ class Dataset:
   """module: `data_pipeline.<module>` with `META` and `reader(root, split)`;
   val_split: the split evaluated as validation; instructions: where the
   manual-download text lives ('module.attr' under data_pipeline);
-  has_flow: the folder has the exact motion (`{split}/flow`)."""
+  has_flow: the folder has the exact motion (`{split}/flow`);
+  prediction_layout: the benchmark's prediction layout, which
+  `--mode=evaluate` writes (`vpsnet_jax.inference.writers.LAYOUTS`) and
+  `config.eval.protocol` must read."""
   module: str
   val_split: str
   instructions: str = ""
   has_flow: bool = False
   generated: bool = False
+  prediction_layout: str = "cityscapes_vps"
 
   def load(self):
     return importlib.import_module(f"data_pipeline.{self.module}")
@@ -66,7 +70,20 @@ DATASETS = {
         "cityscapes", "val", "cityscapes.MANUAL_DOWNLOAD_INSTRUCTIONS"),
     "viper": Dataset("viper", "val_day",
                      "tfds_builders.Viper:MANUAL_DOWNLOAD_INSTRUCTIONS"),
+    "vipseg": Dataset("vipseg", "val",
+                      "tfds_builders.Vipseg:MANUAL_DOWNLOAD_INSTRUCTIONS",
+                      prediction_layout="vipseg"),
+    "kitti_step": Dataset(
+        "kitti_step", "val",
+        "tfds_builders.KittiStep:MANUAL_DOWNLOAD_INSTRUCTIONS",
+        prediction_layout="kitti_step"),
 }
+
+# The prediction layout each evaluation protocol reads (`eval.protocols`
+# for VPQ, `eval.stq` for kitti_step).
+PROTOCOL_LAYOUTS = {"cityscapes_vps": "cityscapes_vps",
+                    "viper": "cityscapes_vps", "vipseg": "vipseg",
+                    "kitti_step": "kitti_step"}
 
 
 def dataset(config) -> Dataset:
@@ -75,6 +92,23 @@ def dataset(config) -> Dataset:
     raise ConfigError(f"config.dataset.name must be one of {list(DATASETS)}, "
                       f"got {name!r}")
   return DATASETS[name]
+
+
+def check_protocol(config) -> None:
+  """ConfigError unless config.eval.protocol reads the layout that
+  config.dataset's evaluation writes."""
+  protocol = config.eval.protocol
+  if protocol not in PROTOCOL_LAYOUTS:
+    raise ConfigError(f"config.eval.protocol must be one of "
+                      f"{list(PROTOCOL_LAYOUTS)}, got {protocol!r}")
+  spec = dataset(config)
+  if PROTOCOL_LAYOUTS[protocol] != spec.prediction_layout:
+    fits = [p for p, lay in PROTOCOL_LAYOUTS.items()
+            if lay == spec.prediction_layout]
+    raise ConfigError(
+        f"config.eval.protocol={protocol!r} does not evaluate "
+        f"{config.dataset.name} (its ground truth is in the "
+        f"{spec.prediction_layout} layout); use one of {fits}")
 
 
 def data_dir(config, workdir: str) -> str:

@@ -1,10 +1,12 @@
-"""tensorflow-datasets builders: cityscapes_vps, viper and vps_synthetic.
+"""tensorflow-datasets builders: cityscapes_vps, viper, vipseg, kitti_step and
+vps_synthetic.
 
 Each converts a dataset folder once into TFRecord or ArrayRecord shards
 (`file_format=`), one example per frame, annotated or not, keyed by image id:
 
   'image':       uint8 [H, W, 3] (PNG-encoded)
   'image_id':    string, e.g. '0001_0005_frankfurt_000000_001736'
+                 (VIPSeg '<video>/<frame>', KITTI-STEP '<sequence>/<frame>')
   'video_id':    int32, 'frame_index': int32 (1-based within the snippet)
   'annotated':   bool
   'panoptic':    int32 [H, W] = train_id * 1000 + instance_id, -1 = void
@@ -35,8 +37,10 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from data_pipeline import cityscapes_vps
+from data_pipeline import kitti_step
 from data_pipeline import synthetic
 from data_pipeline import viper
+from data_pipeline import vipseg
 from data_pipeline import vps_reader
 
 _CITATION = """@inproceedings{kim2020vps,
@@ -84,6 +88,13 @@ class _Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   @classmethod
   def code_path(cls):
     return epath.Path(__file__)
+
+  def _generate_examples(self, reader):
+    """Every frame of a reader's split (annotated or not), keyed by image
+    id; the synthetic builder overrides this."""
+    for frames in reader.videos().values():
+      for frame in frames:
+        yield frame.image_id, frame_example(reader, frame)
 
 
 def frame_example(reader: vps_reader.VpsReader, frame: vps_reader.Frame):
@@ -142,13 +153,27 @@ class CityscapesVps(_Builder):
     return {s: self._generate_examples(cityscapes_vps.reader(root, s))
             for s in splits}
 
-  def _generate_examples(self, reader):
-    for frames in reader.videos().values():
-      for frame in frames:
-        yield frame.image_id, frame_example(reader, frame)
+
+class _FolderBuilder(_Builder, skip_registration=True):
+  """A dataset folder read by `READER` (a data_pipeline module with
+  `reader(root, split)` and `SPLITS`), every split converted."""
+
+  READER = None
+  DESCRIPTION = ""
+  HOMEPAGE = ""
+
+  def _info(self):
+    return self.dataset_info_from_configs(
+        description=self.DESCRIPTION, features=_features(with_flow=False),
+        homepage=self.HOMEPAGE, citation=_CITATION)
+
+  def _split_generators(self, dl_manager):
+    root = str(dl_manager.manual_dir)
+    return {s: self._generate_examples(self.READER.reader(root, s))
+            for s in self.READER.SPLITS}
 
 
-class Viper(_Builder):
+class Viper(_FolderBuilder):
   """VIPER in the reformatted video-panoptic layout of the VPSNet release."""
 
   VERSION = tfds.core.Version("1.0.0")
@@ -160,22 +185,45 @@ class Viper(_Builder):
   train/{img,labelmap}, viper_panoptic_val_day_video.json and
   val_day/{img,panoptic_video}; image names start with VVVV_FFFF_.
   """
+  READER = viper
+  DESCRIPTION = "VIPER video panoptic segmentation (23 classes)."
+  HOMEPAGE = "https://playing-for-benchmarks.org"
 
-  def _info(self):
-    return self.dataset_info_from_configs(
-        description="VIPER video panoptic segmentation (23 classes).",
-        features=_features(with_flow=False),
-        homepage="https://playing-for-benchmarks.org", citation=_CITATION)
 
-  def _split_generators(self, dl_manager):
-    root = str(dl_manager.manual_dir)
-    return {s: self._generate_examples(viper.reader(root, s))
-            for s in viper.SPLITS}
+class Vipseg(_FolderBuilder):
+  """VIPSeg (Miao et al., CVPR 2022) from the 720P folder of its scripts."""
 
-  def _generate_examples(self, reader):
-    for frames in reader.videos().values():
-      for frame in frames:
-        yield frame.image_id, frame_example(reader, frame)
+  VERSION = tfds.core.Version("1.0.0")
+  RELEASE_NOTES = {"1.0.0": "Initial release."}
+  MANUAL_DOWNLOAD_INSTRUCTIONS = """
+  Download VIPSeg (github.com/VIPSeg-Dataset/VIPSeg-Dataset, README) and
+  run its scripts change2_720p.py, create_panoptic_video_labels.py and
+  splitjson.py; pass the resulting VIPSeg_720P folder as `manual_dir`. It
+  must contain images/<video>/<frame>.jpg, panomasksRGB/<video>/<frame>.png
+  and panoptic_gt_VIPSeg_{train,val}.json.
+  """
+  READER = vipseg
+  DESCRIPTION = ("VIPSeg video panoptic segmentation (124 classes, every "
+                 "frame annotated).")
+  HOMEPAGE = "https://github.com/VIPSeg-Dataset/VIPSeg-Dataset"
+
+
+class KittiStep(_FolderBuilder):
+  """KITTI-STEP (Weber et al., 2021) from the folder of its release."""
+
+  VERSION = tfds.core.Version("1.0.0")
+  RELEASE_NOTES = {"1.0.0": "Initial release."}
+  MANUAL_DOWNLOAD_INSTRUCTIONS = """
+  Download the KITTI-STEP panoptic maps (www.cvlibs.net/datasets/kitti/
+  eval_step.php) and the KITTI tracking images, arranged as in deeplab2's
+  g3doc/setup/kitti_step.md; pass the folder as `manual_dir`. It must
+  contain images/{train,val}/<sequence>/<frame>.png and
+  panoptic_maps/{train,val}/<sequence>/<frame>.png (4-digit sequences,
+  6-digit frames).
+  """
+  READER = kitti_step
+  DESCRIPTION = "KITTI-STEP: every frame labelled, person and car tracked."
+  HOMEPAGE = "https://www.cvlibs.net/datasets/kitti/eval_step.php"
 
 
 @dataclasses.dataclass(eq=False)

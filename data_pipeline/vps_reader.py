@@ -114,7 +114,7 @@ def image_id_of(file_name: str, source: str) -> str:
   return base
 
 
-def _load_json(path: str, keys: Tuple[str, ...]) -> Dict[str, Any]:
+def load_json(path: str, keys: Tuple[str, ...]) -> Dict[str, Any]:
   if not os.path.isfile(path):
     raise FileNotFoundError(f"Missing annotation file: {path}")
   try:
@@ -130,7 +130,7 @@ def _load_json(path: str, keys: Tuple[str, ...]) -> Dict[str, Any]:
   return data
 
 
-def _require_fields(items, fields, path, what):
+def require_fields(items, fields, path, what):
   for item in items:
     missing = [f for f in fields if f not in item]
     if missing:
@@ -139,15 +139,15 @@ def _require_fields(items, fields, path, what):
 
 def _image_list(path: str) -> Iterator[Tuple[str, int, int, str]]:
   """(image id, height, width, file name) of each image of an image list."""
-  data = _load_json(path, ("images",))
-  _require_fields(data["images"], ("file_name", "width", "height"), path,
+  data = load_json(path, ("images",))
+  require_fields(data["images"], ("file_name", "width", "height"), path,
                   "image")
   for im in data["images"]:
     yield (image_id_of(im["file_name"], path), im["height"], im["width"],
            im["file_name"])
 
 
-def _read_png(path: str, frame: Frame, channels: Optional[Tuple[int, ...]],
+def read_png(path: str, frame: Frame, channels: Optional[Tuple[int, ...]],
               what: str, against: str = "the image size") -> np.ndarray:
   """The PNG at `path`, [H, W] if `channels` is None, else [H, W, C] with C in
   `channels` (else 'expected {what}'), of the frame's size."""
@@ -215,9 +215,17 @@ class VpsReader:
   def _load_coco(self, rel: str, annotation_fields: Tuple[str, ...]):
     """(path, data) of a COCO-style JSON, categories and fields checked."""
     path = self._path(rel)
-    data = _load_json(path, ("images", "annotations", "categories"))
-    _require_fields(data["categories"], ("id",), path, "category")
-    for c in data["categories"]:
+    data = load_json(path, ("images", "annotations", "categories"))
+    self._check_categories(path, data["categories"])
+    require_fields(data["images"], ("id", "file_name", "width", "height"),
+                    path, "image")
+    require_fields(data["annotations"], annotation_fields, path, "annotation")
+    return path, data
+
+  def _check_categories(self, path: str, categories) -> None:
+    """A JSON's categories: known ids, the metadata's thing flags."""
+    require_fields(categories, ("id",), path, "category")
+    for c in categories:
       if c["id"] not in self._train_id:
         raise ValueError(f'{path}: category id {c["id"]} is not a '
                          f'{self.meta.name} category')
@@ -225,10 +233,6 @@ class VpsReader:
           c["id"]].isthing:
         raise ValueError(f'{path}: category {c["id"]} has isthing='
                          f'{c["isthing"]}, metadata says otherwise')
-    _require_fields(data["images"], ("id", "file_name", "width", "height"),
-                    path, "image")
-    _require_fields(data["annotations"], annotation_fields, path, "annotation")
-    return path, data
 
   def _read_annotations(self) -> Dict[str, Tuple[int, int, str]]:
     """Reads the annotation JSON; returns image_id -> (h, w, image file)."""
@@ -249,7 +253,7 @@ class VpsReader:
         if ann["image_id"] not in images:
           raise ValueError(f'{path}: annotation for unknown image_id '
                            f'{ann["image_id"]!r}')
-        _require_fields(ann["segments_info"], ("id", "category_id"), path,
+        require_fields(ann["segments_info"], ("id", "category_id"), path,
                         "segment")
         for s in ann["segments_info"]:
           if s["category_id"] not in self._train_id:
@@ -334,7 +338,7 @@ class VpsReader:
     if not self.layout.panoptic_json:
       raise ValueError(f"split {self.layout.split!r} has no panoptic JSON")
     src = self._path(self.layout.panoptic_json)
-    data = _load_json(src, ("images", "annotations", "categories"))
+    data = load_json(src, ("images", "annotations", "categories"))
     images = [im for im in data["images"]
               if image_id_of(im["file_name"], src) in self._frames]
     kept = {im["id"] for im in images}
@@ -346,6 +350,22 @@ class VpsReader:
       json.dump(out, f)
     os.replace(tmp, path)
     return path
+
+  def evaluation_ground_truth(self, workdir: str
+                              ) -> Tuple[Optional[str], str]:
+    """(ground-truth JSON, ground-truth PNG folder) for the evaluators;
+    with a subset, the JSON of its frames, written to
+    WORKDIR/ground_truth_subset.json."""
+    lay = self.layout
+    if not lay.panoptic_json or not lay.panoptic_dir:
+      raise ValueError(f"split {lay.split!r} of {self.meta.name} has no "
+                       "panoptic ground truth to evaluate against")
+    gt_json = self._path(lay.panoptic_json)
+    if self.subset is not None:
+      os.makedirs(workdir, exist_ok=True)
+      gt_json = self.write_panoptic_json(
+          os.path.join(workdir, "ground_truth_subset.json"))
+    return gt_json, self._path(lay.panoptic_dir)
 
   @staticmethod
   def _mask_name(image_file: str) -> str:
@@ -433,7 +453,7 @@ class VpsReader:
 
   def read_image(self, frame: Frame) -> np.ndarray:
     """uint8 [H, W, 3] RGB; checks the size against the JSON."""
-    image = _read_png(frame.image_path, frame, (3, 4), "an RGB image",
+    image = read_png(frame.image_path, frame, (3, 4), "an RGB image",
                       "the JSON")
     return np.ascontiguousarray(image[..., :3], dtype=np.uint8)
 
@@ -450,7 +470,7 @@ class VpsReader:
 
   def _from_panoptic(self, frame, ann, tracks) -> Annotation:
     png = ann["png"]
-    rgb = _read_png(png, frame, (3, 4), "an RGB-encoded panoptic PNG")
+    rgb = read_png(png, frame, (3, 4), "an RGB-encoded panoptic PNG")
     ids = common.rgb_to_ids(rgb[..., :3])
     infos = {}
     for s in ann["segments_info"]:
@@ -474,7 +494,7 @@ class VpsReader:
   def _from_instances(self, frame, anns, tracks) -> Annotation:
     name = self._mask_name(frame.image_path)
     path = os.path.join(self._path(self.layout.labelmap_dir), name)
-    labels = _read_png(path, frame, None, "a single-channel label map")
+    labels = read_png(path, frame, None, "a single-channel label map")
     valid = set(range(self.meta.num_classes)) | {metadata.IGNORE_LABEL}
     bad = set(np.unique(labels).tolist()) - valid
     if bad:

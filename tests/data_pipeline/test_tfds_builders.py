@@ -6,9 +6,13 @@ import pytest
 import tensorflow_datasets as tfds
 
 from data_pipeline import cityscapes_vps
+from data_pipeline import kitti_step
+from data_pipeline import metadata
 from data_pipeline import synthetic
 from data_pipeline import tfds_builders
 from data_pipeline import viper
+from data_pipeline import vipseg
+from tests.data_pipeline import benchmark_folders
 from tests.data_pipeline import tiny_folders as tiny
 
 pytestmark = pytest.mark.filterwarnings(
@@ -108,6 +112,21 @@ def test_viper_round_trip(tmp_path):
   builder = _prepare(tfds_builders.Viper, str(tmp_path / "tfds"), root)
   for split in viper.SPLITS:
     _check_against_reader(_examples(builder, split), viper.reader(root, split))
+
+
+@pytest.mark.parametrize("name", ["vipseg", "kitti_step"])
+def test_vipseg_and_kitti_step_round_trip(tmp_path, name):
+  raw = str(tmp_path / "raw")
+  if name == "vipseg":
+    root = benchmark_folders.write_vipseg(
+        raw, metadata.VIPSEG.coco_categories())
+    builder_cls, module = tfds_builders.Vipseg, vipseg
+  else:
+    root = benchmark_folders.write_kitti_step(raw)
+    builder_cls, module = tfds_builders.KittiStep, kitti_step
+  builder = _prepare(builder_cls, str(tmp_path / "tfds"), root)
+  for split in module.SPLITS:
+    _check_against_reader(_examples(builder, split), module.reader(root, split))
 
 
 def test_malformed_folder_fails_with_the_readers_error(tmp_path):

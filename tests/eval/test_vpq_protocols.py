@@ -343,14 +343,30 @@ def test_cli_usage_errors(vipseg_folder, args, message):
   assert "Traceback" not in proc.stderr
 
 
-@pytest.mark.parametrize("name", ["default", "cityscapes", "cityscapes_vps",
-                                  "synthetic", "viper"])
+CONFIGS = sorted(n[:-3] for n in os.listdir(os.path.join(ROOT, "configs"))
+                 if n.endswith(".py") and n != "__init__.py")
+EXPECTED_PROTOCOL = {"viper": "viper", "vipseg": "vipseg",
+                     "kitti_step": "kitti_step"}
+
+
+def test_every_config_is_checked():
+  assert set(EXPECTED_PROTOCOL) < set(CONFIGS) and "default" in CONFIGS
+
+
+@pytest.mark.parametrize("name", CONFIGS)
 def test_every_config_evaluates_with_a_valid_protocol(name):
   import importlib  # pylint: disable=g-import-not-at-top
+  from data_pipeline import sources  # pylint: disable=g-import-not-at-top
   config = importlib.import_module(f"configs.{name}").get_config()
+  expected = EXPECTED_PROTOCOL.get(name, "cityscapes_vps")
+  assert config.eval.protocol == expected
+  sources.check_protocol(config)  # The dataset's layout is the protocol's.
+  if expected == "kitti_step":
+    return  # STQ alone: no VPQ windows.
   protocol = vpq.resolve_protocol(config.eval.protocol, config.eval.ks,
                                   config.eval.stride)
-  expected = "viper" if name == "viper" else "cityscapes_vps"
   assert protocol.name == expected
   if name == "viper":
     assert protocol.ks == (1, 5, 10, 15) and protocol.min_gt_area == 1024
+  if name == "vipseg":
+    assert protocol.ks == (1, 2, 4, 6, 8) and protocol.stride is None

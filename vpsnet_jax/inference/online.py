@@ -145,8 +145,8 @@ def predict_videos(config, model: FrameModel, source,
                    index: pipeline.FrameIndex, image_ids: Sequence[str],
                    out_dir: str, meta, *, write_all: Optional[bool] = None,
                    progress: bool = True,
-                   on_frame: Optional[Callable[[FrameResult], None]] = None
-                   ) -> Dict[str, float]:
+                   on_frame: Optional[Callable[[FrameResult], None]] = None,
+                   layout: str = "cityscapes_vps") -> Dict[str, float]:
   """Runs online inference over every video of `source` and writes the
   predictions of its annotated frames (or all frames) to `out_dir`.
 
@@ -166,6 +166,7 @@ def predict_videos(config, model: FrameModel, source,
     write_all: write every frame (default config.inference.write_all_frames).
     progress: a progress bar over frames.
     on_frame: called with a `FrameResult` after each frame.
+    layout: the benchmark's prediction layout (`writers.LAYOUTS`).
 
   Returns:
     {"frames", "written", "seconds", "fps"} and the seconds spent in each
@@ -193,7 +194,7 @@ def predict_videos(config, model: FrameModel, source,
   trackers = [tracker_lib.create(config, cfg.offset) for _ in range(streams)]
   current = [None] * streams
   categories = [c.id for c in meta.categories]
-  writer = writers.PredictionWriter(out_dir, clean=True)
+  writer = writers.PredictionWriter(out_dir, clean=True, layout=layout)
   times = collections.defaultdict(float)
   total = int(np.sum(pipeline.eval_streams(index, streams)[1]))
   bar = tqdm.tqdm(total=total, desc="inference", unit="frame",

@@ -98,31 +98,44 @@ def build_model(config, meta, variables=None, workdir: Optional[str] = None,
 
 
 def score_predictions(config, workdir: str,
-                      gt_json: str, gt_dir: str, pred_dir: str,
+                      gt_json: Optional[str], gt_dir: str, pred_dir: str,
                       progress: bool = True) -> dict:
   """VPQ and STQ of a prediction folder (`pred.json` + `pan_pred/`) against
   the ground truth under `config.eval.protocol` (VPQ at `config.eval.ks`
   and `config.eval.stride`): prints both tables and writes
   `WORKDIR/vpq.json` and `WORKDIR/stq.json`; returns `eval.vpq`'s result
-  with `eval.stq`'s under "stq"."""
+  with `eval.stq`'s under "stq".
+
+  `kitti_step` (no `gt_json`: the PNGs carry the labels) is scored by STQ
+  alone, the KITTI-STEP benchmark's metric: the result's "vpq" is None,
+  "k" empty, and no vpq.json is written."""
   from eval import stq  # pylint: disable=g-import-not-at-top
   from eval import vpq  # pylint: disable=g-import-not-at-top
-  details = {}
-  result = vpq.evaluate_folder(gt_json, gt_dir, pred_dir, ks=config.eval.ks,
-                               stride=config.eval.stride, progress=progress,
-                               details=details,
-                               protocol=config.eval.protocol)
-  print(vpq.format_table(result, details))
-  out = os.path.join(workdir, "vpq.json")
-  with open(out, "w") as f:
-    json.dump(result, f, indent=2)
-  stq_result = stq.evaluate_folder(config.eval.protocol, gt_dir, pred_dir,
-                                   gt_json, progress=progress)
+  protocol = config.eval.protocol
+  if protocol == "kitti_step":
+    result = {"protocol": protocol, "vpq": None, "k": {}}
+    stq_pred_dir = os.path.join(pred_dir, "pan_pred")
+    out = None
+  else:
+    details = {}
+    result = vpq.evaluate_folder(gt_json, gt_dir, pred_dir,
+                                 ks=config.eval.ks, stride=config.eval.stride,
+                                 progress=progress, details=details,
+                                 protocol=protocol)
+    print(vpq.format_table(result, details))
+    out = os.path.join(workdir, "vpq.json")
+    with open(out, "w") as f:
+      json.dump(result, f, indent=2)
+    stq_pred_dir = pred_dir
+  stq_result = stq.evaluate_folder(protocol, gt_dir, stq_pred_dir, gt_json,
+                                   progress=progress)
   print(stq.format_table(stq_result))
   stq_out = os.path.join(workdir, "stq.json")
   with open(stq_out, "w") as f:
     json.dump(stq_result, f, indent=2)
-  print(f"Predictions in {pred_dir}; VPQ written to {out}, STQ to {stq_out}")
+  print(f"Predictions in {pred_dir}; " +
+        (f"VPQ written to {out}, " if out else
+         "no VPQ (KITTI-STEP is scored by STQ), ") + f"STQ to {stq_out}")
   return dict(result, stq=stq_result)
 
 
@@ -148,33 +161,28 @@ def evaluate(config, workdir: str, variables=None, step: Optional[int] = None,
     WORKDIR/stq.json) and "inference" (frames, seconds, per-stage seconds).
   """
   validate(config)
+  sources.check_protocol(config)
   meta = sources.meta(config)
   source, index = sources.open_split(config, workdir, "val")
-  layout = source.reader.layout
-  if not layout.panoptic_json or not layout.panoptic_dir:
-    raise ConfigError(f"{config.dataset.name}'s validation split has no "
-                     "panoptic ground truth for VPQ")
-  root = source.reader.root
-  gt_json = os.path.join(root, layout.panoptic_json)
-  if getattr(source.reader, "subset", None) is not None:
-    # The evaluators read the ground truth of the subset's frames only.
-    os.makedirs(workdir, exist_ok=True)
-    gt_json = source.reader.write_panoptic_json(
-        os.path.join(workdir, "ground_truth_subset.json"))
-  gt_dir = os.path.join(root, layout.panoptic_dir)
+  try:
+    # A subset's ground truth is written to WORKDIR (its frames only).
+    gt_json, gt_dir = source.reader.evaluation_ground_truth(workdir)
+  except ValueError as e:
+    raise ConfigError(f"{config.dataset.name}'s validation split cannot be "
+                      f"evaluated: {e}") from e
   model, loaded_step = build_model(config, meta, variables, workdir)
   if step is None:
     step = loaded_step
   pred_dir = os.path.join(workdir, "predictions")
-  stats = online.predict_videos(config, model, source, index,
-                                source.image_ids, pred_dir, meta,
-                                progress=progress)
+  stats = online.predict_videos(
+      config, model, source, index, source.image_ids, pred_dir, meta,
+      progress=progress, layout=sources.dataset(config).prediction_layout)
   result = score_predictions(config, workdir, gt_json, gt_dir, pred_dir,
                              progress)
   print(f"({stats['frames']} frames, {stats['fps']:.2f} frames/s)")
   if writer is None:
     writer = experiment.create_writer(workdir)
-  scalars = {f"vpq/{g}": result["vpq"][g] for g in result["vpq"]}
+  scalars = {f"vpq/{g}": result["vpq"][g] for g in result["vpq"] or {}}
   for k, r in result["k"].items():
     scalars.update({f"vpq/k{k}/{g}": r[g] for g in ("all", "things", "stuff")})
   scalars.update({f"stq/{m}": result["stq"][m] for m in ("stq", "aq", "iou")

@@ -1,9 +1,25 @@
 """Writers of predictions in the evaluation layout, and of demo videos.
 
-`PredictionWriter(out_dir)` writes `pan_pred/<image_id>.png` (RGB segment
-ids, id = R + 256 G + 65536 B, 0 void) per frame and `pred.json`
-({"annotations": [{"image_id", "file_name", "segments_info"}]}), the layout
-`eval.vpq.evaluate_folder` reads. Output is never half-written:
+`PredictionWriter(out_dir, layout=...)` writes one benchmark's prediction
+layout (`LAYOUTS`), the one its evaluation reads:
+
+  * "cityscapes_vps" (also VIPER's and vps_synthetic's): per frame
+    `pan_pred/<image_id>.png` (RGB segment ids, id = R + 256 G + 65536 B,
+    0 void), and `pred.json` ({"annotations": [{"image_id", "file_name",
+    "segments_info"}]}), read by `eval.vpq` and `eval.stq`;
+  * "vipseg": image ids `<video>/<frame>`; `pan_pred/<video>/<frame>.png`
+    (the same RGB ids) and `pred.json` in VIPSeg's video-structured schema
+    ({"annotations": [{"video_id", "annotations": [{"image_id",
+    "file_name", "segments_info"}]}]}, videos in order of first frame),
+    read by `eval.vpq --protocol vipseg` / `eval.stq --protocol vipseg`;
+  * "kitti_step": image ids `<sequence>/<frame>`;
+    `pan_pred/<sequence>/<frame>.png` in KITTI-STEP's encoding (R = the
+    category id, which is the train id there, 255 void; G * 256 + B = the
+    track id of person and car segments, 0 for the rest), read by
+    `eval.stq --protocol kitti_step --pred_dir OUT/pan_pred`; `pred.json`
+    as for "cityscapes_vps" (the frames written, their segments).
+
+Output is never half-written:
 
   * PNGs are encoded on a worker thread into a temporary name and renamed
     (`os.replace`) when complete, so a killed run never leaves a truncated
@@ -15,8 +31,9 @@ ids, id = R + 256 G + 65536 B, 0 void) per frame and `pred.json`
     then exactly the frames written. Even after a SIGKILL, `pred.json` names
     no missing or partial file (it may lag the last few PNGs).
   * A new writer starts over (`clean=True`, the default): it first removes
-    an earlier run's `pan_pred/*.png` and `pred.json` (only those files of
-    this layout), so that a folder never mixes two runs' frames.
+    an earlier run's `pan_pred/*.png`, `pan_pred/*/*.png` and `pred.json`
+    (only those files of these layouts), so that a folder never mixes two
+    runs' frames.
 
 `VideoWriter` writes colourised frames as a GIF and an MP4 (each through a
 temporary name; it removes an earlier run's GIF and MP4 when created).
@@ -39,6 +56,37 @@ from eval import common
 
 # PNG encodes in flight before `write` waits for the oldest.
 MAX_PENDING = 8
+LAYOUTS = ("cityscapes_vps", "vipseg", "kitti_step")
+KITTI_STEP_VOID = 255
+
+
+def kitti_step_png(ids: np.ndarray, segments: Sequence[Dict]) -> np.ndarray:
+  """uint8 [H, W, 3] KITTI-STEP encoding of segment ids and their table
+  (`inference.panoptic.segments`: "id", "category_id", "isthing",
+  "track_id")."""
+  ids = np.asarray(ids)
+  rgb = np.zeros(ids.shape + (3,), np.uint8)
+  rgb[..., 0] = KITTI_STEP_VOID
+  for s in segments:
+    category, track = int(s["category_id"]), int(s["track_id"])
+    if not 0 <= category < KITTI_STEP_VOID:
+      raise ValueError(f"segment {s['id']}: category {category} does not fit "
+                       "KITTI-STEP's R channel (0..254)")
+    if not 0 <= track < 1 << 16:
+      raise ValueError(f"segment {s['id']}: track id {track} does not fit "
+                       "KITTI-STEP's G * 256 + B")
+    instance = track if s["isthing"] else 0
+    rgb[ids == s["id"]] = (category, instance >> 8, instance & 255)
+  return rgb
+
+
+def _split_id(image_id: str, layout: str):
+  """('<video>', '<frame>') of a '<video>/<frame>' image id."""
+  parts = image_id.split("/")
+  if len(parts) != 2 or not all(parts):
+    raise ValueError(f"the {layout} layout names frames <video>/<frame>, "
+                     f"got image id {image_id!r}")
+  return parts
 
 
 def _save_png(rgb: np.ndarray, path: str) -> None:
@@ -75,24 +123,29 @@ class PredictionWriter:
 
   Args:
     out_dir: the prediction folder (created if missing).
-    clean: first remove an earlier run's `pan_pred/*.png` and `pred.json`
-      in `out_dir` (never other files).
+    clean: first remove an earlier run's `pan_pred/*.png`,
+      `pan_pred/*/*.png` and `pred.json` in `out_dir` (never other files).
     flush_seconds: rewrite `pred.json` (the frames whose PNGs are complete)
       when this much wall time has passed since the last time, checked at
       each `write`; None: only on `close()`.
+    layout: one of `LAYOUTS` (the module docstring).
   """
 
   def __init__(self, out_dir: str, *, clean: bool = True,
-               flush_seconds: Optional[float] = 10.0):
-    self.out_dir = out_dir
+               flush_seconds: Optional[float] = 10.0,
+               layout: str = "cityscapes_vps"):
+    if layout not in LAYOUTS:
+      raise ValueError(f"prediction layout must be one of {LAYOUTS}, got "
+                       f"{layout!r}")
+    self.out_dir, self.layout = out_dir, layout
     self.png_dir = os.path.join(out_dir, "pan_pred")
     self.json_path = os.path.join(out_dir, "pred.json")
     os.makedirs(self.png_dir, exist_ok=True)
     if clean:
+      root = glob.escape(self.png_dir)
       remove_outputs(
-          sorted(glob.glob(os.path.join(glob.escape(self.png_dir), "*.png")))
-          + sorted(glob.glob(os.path.join(glob.escape(self.png_dir),
-                                          "*.png.tmp")))
+          [p for pattern in ("*.png", "*.png.tmp", "*/*.png", "*/*.png.tmp")
+           for p in sorted(glob.glob(os.path.join(root, pattern)))]
           + [self.json_path, self.json_path + ".tmp"],
           f"predictions in {out_dir}")
     self.flush_seconds = flush_seconds
@@ -112,12 +165,24 @@ class PredictionWriter:
     name = str(image_id)
     if name in self._names:
       raise ValueError(f"frame {name} written twice")
+    if self.layout == "cityscapes_vps":
+      if "/" in name:
+        raise ValueError(f"image id {name!r}: the cityscapes_vps layout "
+                         "names frames without '/'")
+      annotation = {"image_id": name, "file_name": name + ".png"}
+    else:
+      video, frame = _split_id(name, self.layout)
+      os.makedirs(os.path.join(self.png_dir, video), exist_ok=True)
+      annotation = ({"video_id": video, "image_id": frame,
+                     "file_name": frame + ".png"}
+                    if self.layout == "vipseg" else
+                    {"image_id": name, "file_name": name + ".png"})
     self._names.add(name)
-    rgb = common.ids_to_rgb(ids)
+    annotation["segments_info"] = list(segments)
+    rgb = (kitti_step_png(ids, segments) if self.layout == "kitti_step"
+           else common.ids_to_rgb(ids))
     path = os.path.join(self.png_dir, name + ".png")
     future = self._pool.submit(_save_png, rgb, path)
-    annotation = {"image_id": name, "file_name": name + ".png",
-                  "segments_info": list(segments)}
     self._frames.append((annotation, future))
     self._pending.append(future)
     if (self.flush_seconds is not None and
@@ -134,7 +199,7 @@ class PredictionWriter:
 
     def task():
       try:
-        _write_json(self.json_path, {"annotations": _completed(frames)})
+        _write_json(self.json_path, self._pred_json(_completed(frames)))
       except OSError as e:  # close() writes it again, and raises.
         logging.warning("Could not update %s: %s", self.json_path, e)
 
@@ -150,11 +215,22 @@ class PredictionWriter:
       return self.json_path
     self._closed = True
     self._pool.shutdown(wait=True)
-    _write_json(self.json_path, {"annotations": _completed(self._frames)})
+    _write_json(self.json_path, self._pred_json(_completed(self._frames)))
     for f in self._pending:
       if f.exception() is not None:
         raise f.exception()
     return self.json_path
+
+  def _pred_json(self, annotations: List[Dict]) -> Dict:
+    """pred.json of the layout for the completed frames' annotations."""
+    if self.layout != "vipseg":
+      return {"annotations": annotations}
+    videos = {}
+    for a in annotations:
+      entry = dict(a)
+      videos.setdefault(entry.pop("video_id"), []).append(entry)
+    return {"annotations": [{"video_id": v, "annotations": frames}
+                            for v, frames in videos.items()]}
 
   @property
   def num_written(self) -> int:
