@@ -163,6 +163,11 @@ def validate(config, mode: str) -> None:
   if mode in ("evaluate", "predict", "train_and_evaluate"):
     from vpsnet_jax.inference import run  # pylint: disable=g-import-not-at-top
     run.validate(config, fields, check_devices=False)
+  if mode in ("evaluate", "train_and_evaluate"):
+    # Before training, not after it: the protocol reads the dataset's
+    # prediction layout.
+    from data_pipeline import sources  # pylint: disable=g-import-not-at-top
+    sources.check_protocol(config)
   if mode in ("train", "train_and_evaluate"):
     from vpsnet_jax.train import train  # pylint: disable=g-import-not-at-top
     train.validate(config, fields, check_devices=False)

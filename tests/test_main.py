@@ -121,3 +121,18 @@ def test_inference_modes_explain_what_is_missing(tmp_path, mode, message):
       cwd=ROOT, capture_output=True, text=True)
   assert proc.returncode == 2, proc.stderr[-2000:]
   assert message in proc.stderr.strip().splitlines()[-1], proc.stderr[-2000:]
+
+
+@pytest.mark.parametrize("config, protocol", [("vipseg", "cityscapes_vps"),
+                                              ("kitti_step", "vipseg")])
+def test_a_protocol_that_cannot_read_the_dataset_stops_before_training(
+    tmp_path, config, protocol):
+  proc = subprocess.run(
+      [sys.executable, "main.py", f"--config=configs/{config}.py",
+       f"--workdir={tmp_path}", f"--config.eval.protocol={protocol}",
+       f"--config.dataset.data_dir={tmp_path / 'none'}"],
+      cwd=ROOT, capture_output=True, text=True)
+  assert proc.returncode == 2
+  assert (f"config.eval.protocol='{protocol}' does not evaluate {config}"
+          in proc.stderr)
+  assert not os.path.exists(tmp_path / "checkpoints")
