@@ -18,8 +18,11 @@ reference is torchvision's `maskrcnn_resnet50_fpn` (random weights, the
 same number of thing classes) training on the same frames at 512x1024 with
 SGD, `torch.set_num_threads` = the machine's cores, no resizing.
 
-The last line is `train_step_time_ratio_vs_torchvision=<x>`: our `base`
-variant's step time at the large size (ResNet-50) over torchvision's.
+`train_step_time_ratio_vs_torchvision=<x>`: our `base` variant's step time
+at the large size (ResNet-50) over torchvision's. The last line is
+`train_throughput_ratio_vs_torch=<x>`: the `base` step's GFLOP/s at the
+large size over torchvision's (equal work per second; the two models do
+different work).
 """
 
 import argparse
@@ -239,6 +242,8 @@ def main():
   parser.add_argument("--large_width", type=int, default=1024)
   parser.add_argument("--skip_large", action="store_true")
   parser.add_argument("--skip_torchvision", action="store_true")
+  parser.add_argument("--variants", default="base,fusetrack",
+                      help="comma-separated variants to measure")
   parser.add_argument("--child", dest="what", default=None,
                       help="internal: measure one configuration")
   parser.add_argument("--size", default="synthetic")
@@ -261,7 +266,7 @@ def main():
     for size in sizes:
       data_dir = os.path.join(tmp, size)
       _write_data(size, data_dir)
-      for variant in ("base", "fusetrack"):
+      for variant in args.variants.split(","):
         rows.append(_run_child(variant, size, args.steps, data_dir))
         print(f"measured {variant} at {size}", file=sys.stderr)
       if size == large and not args.skip_torchvision:
@@ -270,20 +275,26 @@ def main():
         f"{', '.join(f'{x:.2f}' for x in os.getloadavg())}; median of "
         f"{args.steps} steps after the first (batch 1, one device)")
   head = (f"{'model':<36}{'size':>10}{'R':>4}{'GFLOP':>7}{'compile s':>11}"
-          f"{'step s':>9}{'img/s':>8}{'input wait':>12}{'peak MB':>9}")
+          f"{'step s':>9}{'GFLOP/s':>9}{'img/s':>8}{'input wait':>12}"
+          f"{'peak MB':>9}")
   print(head)
   for r in rows:
     print(f"{r['variant']:<36}{r['size']:>10}{r['depth']:>4}{r['gflop']:>7.0f}"
           f"{r['compile_s']:>11.1f}{r['step_s']:>9.3f}"
+          f"{r['gflop'] / r['step_s']:>9.1f}"
           f"{r['images_per_s']:>8.2f}{r['input_wait_fraction']:>12.1%}"
           f"{r['peak_mb']:>9.0f}")
   ours = [r for r in rows if r["variant"] == "base" and r["size"] == large]
   ref = [r for r in rows if r["variant"].startswith("torchvision")]
   if ours and ref:
     ratio = ours[0]["step_s"] / ref[0]["step_s"]
+    throughput = ((ours[0]["gflop"] / ours[0]["step_s"]) /
+                  (ref[0]["gflop"] / ref[0]["step_s"]))
     print(f"train_step_time_ratio_vs_torchvision={ratio:.3f}")
+    print(f"train_throughput_ratio_vs_torch={throughput:.3f}")
   else:
     print("train_step_time_ratio_vs_torchvision=nan")
+    print("train_throughput_ratio_vs_torch=nan")
 
 
 if __name__ == "__main__":
