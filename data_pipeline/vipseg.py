@@ -87,18 +87,10 @@ class VipsegReader(vps_reader.VpsReader):
           raise ValueError(f"{path}: image {frame} of video {vid} has no "
                            "annotation")
         ann = anns[frame]
-        vps_reader.require_fields(ann["segments_info"], ("id", "category_id"),
-                                  path, f"segment of {iid}")
-        for s in ann["segments_info"]:
-          if s["category_id"] not in self._train_id:
-            raise ValueError(f'{path}: segment {s["id"]} of {iid} has '
-                             f'unknown category_id {s["category_id"]}')
-        png = os.path.join(self._path(lay.panoptic_dir), vid,
-                           ann["file_name"])
-        if not os.path.isfile(png):
-          raise FileNotFoundError(f"Missing panoptic PNG: {png} (listed in "
-                                  f"{path})")
-        self._panoptic_anns[iid] = dict(ann, png=png)
+        self._add_panoptic(
+            iid, ann,
+            os.path.join(self._path(lay.panoptic_dir), vid, ann["file_name"]),
+            path, iid, f"segment of {iid}")
         stem = os.path.splitext(os.path.basename(image["file_name"]))[0]
         annotated[iid] = (image["height"], image["width"],
                           os.path.join(vid, stem + IMAGE_SUFFIX))

@@ -234,6 +234,21 @@ class VpsReader:
         raise ValueError(f'{path}: category {c["id"]} has isthing='
                          f'{c["isthing"]}, metadata says otherwise')
 
+  def _add_panoptic(self, iid: str, ann, png: str, path: str, name,
+                    what: str) -> None:
+    """Keeps the panoptic annotation `ann` of image `iid` after checking
+    its segments' fields and categories and that its PNG exists; `name`
+    and `what` word the errors."""
+    require_fields(ann["segments_info"], ("id", "category_id"), path, what)
+    for s in ann["segments_info"]:
+      if s["category_id"] not in self._train_id:
+        raise ValueError(f'{path}: segment {s["id"]} of {name} has unknown '
+                         f'category_id {s["category_id"]}')
+    if not os.path.isfile(png):
+      raise FileNotFoundError(f"Missing panoptic PNG: {png} (listed in "
+                              f"{path})")
+    self._panoptic_anns[iid] = dict(ann, png=png)
+
   def _read_annotations(self) -> Dict[str, Tuple[int, int, str]]:
     """Reads the annotation JSON; returns image_id -> (h, w, image file)."""
     lay = self.layout
@@ -253,18 +268,10 @@ class VpsReader:
         if ann["image_id"] not in images:
           raise ValueError(f'{path}: annotation for unknown image_id '
                            f'{ann["image_id"]!r}')
-        require_fields(ann["segments_info"], ("id", "category_id"), path,
-                        "segment")
-        for s in ann["segments_info"]:
-          if s["category_id"] not in self._train_id:
-            raise ValueError(f'{path}: segment {s["id"]} of '
-                             f'{ann["image_id"]} has unknown category_id '
-                             f'{s["category_id"]}')
-        png = os.path.join(self._path(lay.panoptic_dir), ann["file_name"])
-        if not os.path.isfile(png):
-          raise FileNotFoundError(f"Missing panoptic PNG: {png} (listed in "
-                                  f"{path})")
-        self._panoptic_anns[images[ann["image_id"]]] = dict(ann, png=png)
+        self._add_panoptic(
+            images[ann["image_id"]], ann,
+            os.path.join(self._path(lay.panoptic_dir), ann["file_name"]),
+            path, ann["image_id"], "segment")
       missing = set(annotated) - set(self._panoptic_anns)
       if missing:
         raise ValueError(f"{path}: images without annotation: "
